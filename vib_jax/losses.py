@@ -151,9 +151,18 @@ def monte_carlo_rate(
 
 
 def categorical_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """-log softmax(logits)[label] in nats: logits `[..., C]`, int labels `[...]` -> `[...]`."""
+    """-log softmax(logits)[label] in nats.
+
+    Args:
+      logits: `[..., C]`, e.g. `[S, B, C]` for S posterior samples.
+      labels: int labels broadcastable to `logits.shape[:-1]`, e.g. `[B]`.
+
+    Returns:
+      `logits.shape[:-1]` cross-entropies.
+    """
+    labels = jnp.broadcast_to(labels, jnp.shape(logits)[:-1]).astype(jnp.int32)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
 
 
 def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
@@ -228,7 +237,7 @@ def vib_loss(
     """
     if jnp.ndim(logits) != 3:
         raise ValueError(f"logits must have shape [S, B, C], got {jnp.shape(logits)}.")
-    num_samples, batch_size, num_classes = jnp.shape(logits)
+    _, batch_size, num_classes = jnp.shape(logits)
     if jnp.shape(labels) != (batch_size,):
         raise ValueError(f"labels must have shape [B]=({batch_size},) to match logits, got {jnp.shape(labels)}.")
     if jnp.shape(rate) != (batch_size,):
@@ -241,7 +250,7 @@ def vib_loss(
     if label_entropy is None:
         label_entropy = math.log(num_classes)
 
-    cross_entropy = jnp.mean(categorical_cross_entropy(logits, jnp.broadcast_to(labels, (num_samples, batch_size))))
+    cross_entropy = jnp.mean(categorical_cross_entropy(logits, labels))
     mean_rate = jnp.mean(rate)
     penalty = information_penalty(mean_rate, beta, rate_budget)
     loss = cross_entropy + penalty

@@ -1,0 +1,89 @@
+"""Devices: the mesh, and the compiled sweep programs that run data-parallel over it.
+
+This is the only module that knows about devices. It takes the pure functions of `vib_jax.train` and
+transforms them: `jax.vmap` over the leading beta axis of stacked states, `jax.shard_map` over a 1-D
+mesh of devices (batch sharded, params replicated, gradients averaged with `jax.lax.pmean` inside the
+step), and `jax.jit` around the lot. `jax.pmap` users: `jax.shard_map` is its successor, with the same
+per-device programming model; a mesh of one device runs the same program on one device.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vib_jax import data, train
+
+DATA_AXIS = "data"
+
+
+def choose_num_devices(requested: int, must_divide: Sequence[int], available: int | None = None) -> int:
+    """How many devices to use.
+
+    Args:
+      requested: 0 for "as many as possible", else an exact count.
+      must_divide: sizes the device count must divide (the batch size, the evaluation chunk size).
+      available: the number of devices (default: all of them, across processes).
+
+    Returns:
+      `requested` if it is valid, or for 0 the largest count <= available that divides every size.
+    """
+    available = jax.device_count() if available is None else available
+    if requested < 0 or requested > available:
+        raise ValueError(f"num_devices must be in [0, {available}] (0: all that fit), got {requested}.")
+    if requested:
+        bad = [size for size in must_divide if size % requested]
+        if bad:
+            raise ValueError(f"num_devices={requested} must divide the batch and evaluation chunk sizes {bad}.")
+        return requested
+    return max(n for n in range(1, available + 1) if all(size % n == 0 for size in must_divide))
+
+
+def make_mesh(num_devices: int) -> Mesh:
+    """A 1-D mesh over the first `num_devices` devices, with the axis named `DATA_AXIS`."""
+    return Mesh(np.asarray(jax.devices()[:num_devices]), (DATA_AXIS,))
+
+
+def replicate(tree, mesh: Mesh):
+    """Places every array of `tree` on every device of `mesh`.
+
+    With several processes, each must pass the same values (they do: data and initial states are
+    deterministic functions of the config).
+    """
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def compile_sweep_epoch(train_epoch: Callable, mesh: Mesh, num_examples: int, batch_size: int) -> Callable:
+    """Jits `run_epoch(states, images, labels, epoch_key, noise_keys, betas) -> (states, metrics)`.
+
+    `states` carry a leading sweep axis (one member per beta) as do `noise_keys` and `betas`; `images`
+    `[N, D]` and `labels` `[N]` are replicated. The epoch's shuffled batch indices are drawn on device
+    from `epoch_key`, and each device trains on its `batch_size / devices` columns of every batch.
+    `train_epoch` must average its gradients over `DATA_AXIS`. `states` are donated.
+    """
+    swept = jax.vmap(train_epoch, in_axes=(0, None, None, None, 0, 0))
+    sharded = jax.shard_map(
+        swept,
+        mesh=mesh,
+        in_specs=(P(), P(), P(), P(None, DATA_AXIS), P(), P()),
+        out_specs=(P(), P()),
+    )
+
+    def run_epoch(states, images, labels, epoch_key, noise_keys, betas):
+        batch_indices = data.epoch_batch_indices(epoch_key, num_examples, batch_size)
+        return sharded(states, images, labels, batch_indices, noise_keys, betas)
+
+    return jax.jit(run_epoch, donate_argnums=0)
+
+
+def compile_sweep_evaluate(evaluate: Callable, mesh: Mesh) -> Callable:
+    """Jits `run_evaluate(params, chunks, key) -> metrics` over stacked params (leading sweep axis).
+
+    Every evaluation chunk is split across the devices; `evaluate` must add its sums over `DATA_AXIS`.
+    """
+    swept = jax.vmap(evaluate, in_axes=(0, None, None))
+    chunk_specs = train.EvalChunks(*(P(None, DATA_AXIS),) * 4, P())
+    sharded = jax.shard_map(swept, mesh=mesh, in_specs=(P(), chunk_specs, P()), out_specs=P())
+    return jax.jit(sharded)
