@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install data test test-slow run bench reproduce clean
+.PHONY: install data test test-slow run sweep bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,18 @@ test: install data
 
 test-slow: install data
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# The main job: the paper's recipe at beta = 1e-3 (200 epochs; pass ARGS="--num_epochs=25" for a shorter run).
+run: data
+	$(PY) -m experiments.sweep_beta --beta=1e-3 --workdir=workdirs/paper_beta1e-3 $(ARGS)
+
+# The information-plane sweep (the paper's Fig. 1): 9 betas from 1e-8 to 1, trained at once.
+sweep: data
+	$(PY) -m experiments.sweep_beta --betas=1e-8:1:9 --workdir=workdirs/sweep_1e-8_1 $(ARGS)
+
+# Step-time benchmarks against the matrix-product roofline (prints a Markdown table).
+bench: install
+	$(PY) -m benchmarks.bench_step $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,123 @@
+"""End-to-end tests of the sweep_beta entrypoint and driver on real MNIST (a small subset), on the CPU.
+
+Needs the prepared data (`make data`); without it these tests skip, except under CI where they fail.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments.configs import smoke
+from vib_jax import data, sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.real_data
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prepared_mnist():
+    if not data.is_prepared("mnist"):
+        if os.environ.get("CI"):
+            pytest.fail("MNIST is not prepared; CI must run `make data` before the tests.")
+        pytest.skip("MNIST is not prepared: run `make data`.")
+
+
+def run_entrypoint(*flags, timeout=600):
+    command = [sys.executable, "-m", "experiments.sweep_beta", *flags]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_rows(workdir):
+    with open(os.path.join(workdir, "results.csv")) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_entrypoint_trains_a_sweep_on_real_mnist(tmp_path):
+    workdir = str(tmp_path / "run")
+    result = run_entrypoint("--config=experiments/configs/smoke.py", f"--workdir={workdir}", "--betas=1e-4,1e-1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_rows(workdir)
+    assert [float(r["beta"]) for r in rows] == [1e-4, 1e-1]
+    # 200 steps on 5000 real images: far from the 90% of a model that learns nothing.
+    assert float(rows[0]["test_error_avg"]) < 12.0, rows
+    # A larger beta squeezes the rate (the I(Z;X) bound).
+    assert float(rows[1]["test_izx_bits"]) < float(rows[0]["test_izx_bits"]), rows
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert len(records) == 2 * 4 and {r["epoch"] for r in records} == {1, 2, 3, 4}
+    for key in ("train_batches/loss", "train_batches/cross_entropy", "train_batches/rate", "test/error_avg",
+                "test/error_1", "test/error_mean", "train/error_avg", "test/izx_bound_bits", "test/izy_bound_bits",
+                "learning_rate", "epoch_seconds"):
+        assert key in records[-1], key
+    for figure in ("test_error_vs_beta.png", "information_plane.png", "learning_curves.png"):
+        with open(os.path.join(workdir, figure), "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "| beta |" in result.stdout  # the Markdown table
+
+
+def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_one(tmp_path):
+    config = smoke.get_config()
+    config.progress = False
+    config.train_subset, config.test_subset, config.train_eval_size = 2000, 500, 500
+    config.num_epochs, config.checkpoint_every_epochs = 3, 1
+    uninterrupted = sweep.train_and_evaluate(config, str(tmp_path / "straight"))
+
+    config.num_epochs = 2  # "killed" after epoch 2 (its checkpoint is on disk) ...
+    sweep.train_and_evaluate(config, str(tmp_path / "resumed"))
+    config.num_epochs = 3  # ... and started again with the same workdir.
+    resumed = sweep.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+    for key in ("test_error_avg", "test_error_1", "test_error_mean", "train_izx_bits", "test_izy_bits"):
+        assert resumed[0][key] == pytest.approx(uninterrupted[0][key], rel=1e-6, abs=1e-6), key
+    records = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2, 3]  # no epoch logged twice
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--beta=-0.001"], "beta"),
+        (["--betas="], "betas"),
+        (["--betas=1e-3,abc"], "betas"),
+        (["--dataset=cifar10"], "mnist"),
+        (["--eval_samples=0"], "eval_samples"),
+        (["--num_epochs=0"], "num_epochs"),
+        (["--beta=1e-3", "--betas=1e-3,1e-2"], "--beta or --betas"),
+    ],
+)
+def test_bad_flags_fail_before_touching_the_workdir(tmp_path, flags, message):
+    workdir = tmp_path / "never_created"
+    result = run_entrypoint(f"--workdir={workdir}", *flags, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not workdir.exists()
+
+
+def test_a_workdir_of_another_run_is_refused_and_left_alone(tmp_path):
+    workdir = tmp_path / "other"
+    workdir.mkdir()
+    previous = {"betas": [0.5], "dataset": "mnist"}
+    (workdir / "config.json").write_text(json.dumps(previous))
+    (workdir / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    result = run_entrypoint("--config=experiments/configs/smoke.py", f"--workdir={workdir}", "--beta=1e-3",
+                            timeout=120)
+    assert result.returncode != 0
+    assert "another config" in result.stderr and "betas" in result.stderr
+    assert json.loads((workdir / "config.json").read_text()) == previous
+    assert (workdir / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+    assert sorted(os.listdir(workdir)) == ["config.json", "metrics.jsonl"]
+
+
+def test_parse_betas():
+    from experiments.sweep_beta import parse_betas
+
+    assert parse_betas("1e-4,1e-3") == (1e-4, 1e-3)
+    np.testing.assert_allclose(parse_betas("1e-8:1:9"), [10.0**e for e in range(-8, 1)])
+    for bad in ("", "0:1:3", "1:1e-3:3", "1e-3:1:0", "x"):
+        with pytest.raises(ValueError, match="betas"):
+            parse_betas(bad)
