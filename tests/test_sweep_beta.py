@@ -76,6 +76,9 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_one(tmp_path):
         assert resumed[0][key] == pytest.approx(uninterrupted[0][key], rel=1e-6, abs=1e-6), key
     records = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2, 3]  # no epoch logged twice
+    config.num_epochs = 1  # fewer epochs than already trained there: refused, not silently mislabelled
+    with pytest.raises(ValueError, match="num_epochs=1 is below the epoch 3"):
+        sweep.preflight(config, str(tmp_path / "resumed"))
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,13 @@ def checkpoint_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointMa
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def saved_epochs(directory: str) -> list[int]:
+    """The epochs checkpointed under `directory` (orbax names each checkpoint by its number); creates nothing."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
 def save(manager: ocp.CheckpointManager, epoch: int, states: Any, meta: dict) -> None:
     """Saves `states` (any pytree of arrays) and the JSON-able `meta` as checkpoint `epoch`, and waits."""
     manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(states), meta=ocp.args.JsonSave(meta)))

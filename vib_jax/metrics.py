@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from typing import Iterable, Mapping, Sequence
 
@@ -120,8 +119,3 @@ def truncate_jsonl(path: str, last_epoch: int) -> None:
 def write_text(path: str, text: str) -> None:
     """Writes `text` to `path` atomically."""
     _atomic_write(path, text)
-
-
-def bits(nats: float) -> float:
-    """Nats to bits."""
-    return nats / math.log(2.0)

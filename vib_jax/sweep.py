@@ -72,7 +72,11 @@ def config_record(config: ml_collections.ConfigDict) -> dict:
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Refuses a workdir holding a run of another config (its checkpoints would be mixed). Touches nothing."""
+    """Refuses a workdir holding a run of another config, or one already past `num_epochs`. Touches nothing."""
+    saved = checkpoints.saved_epochs(os.path.join(workdir, "checkpoints"))
+    if saved and saved[-1] > config.num_epochs:
+        raise ValueError(f"num_epochs={config.num_epochs} is below the epoch {saved[-1]} already checkpointed in "
+                         f"workdir {workdir!r}. Use a new --workdir, or num_epochs >= {saved[-1]}.")
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
