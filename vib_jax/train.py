@@ -117,8 +117,9 @@ def make_train_step(
     """Builds `train_step(state, batch, noise_key, beta) -> (state, metrics)`.
 
     The loss is `vib_jax.losses.vib_loss` on `num_samples` posterior samples per example (the rate is the
-    closed-form KL to N(0, I); a deterministic model has no rate). With `axis_name`, gradients and metrics
-    are averaged over that mapped axis (data parallelism): the update equals the one on the whole batch.
+    closed-form KL to N(0, I); a deterministic model has no rate). With `axis_name`, the loss and metrics
+    are averaged over that mapped axis of a `shard_map` whose params are replicated (data parallelism):
+    the update equals the one on the whole batch.
     Metrics are those of `vib_loss`, all scalars.
     """
 
@@ -127,13 +128,19 @@ def make_train_step(
         z = sample_latents(step_key, batch.example_ids, mean, stddev, num_samples)
         logits = model.apply(params, z, method=model.decode)
         rate = losses.kl_divergence(mean, stddev) if model.stochastic else jnp.zeros(mean.shape[:1])
-        return losses.vib_loss(logits, batch.labels, rate, beta, rate_budget=rate_budget, label_entropy=label_entropy)
+        loss, metrics = losses.vib_loss(
+            logits, batch.labels, rate, beta, rate_budget=rate_budget, label_entropy=label_entropy
+        )
+        if axis_name is not None:
+            # The mean over devices of the per-device means is the whole batch's mean. The params are
+            # replicated, so differentiating it gives the whole batch's gradient on every device (the
+            # transpose of the replication sums the devices' contributions): no pmean of gradients.
+            loss, metrics = jax.lax.pmean((loss, metrics), axis_name)
+        return loss, metrics
 
     def train_step(state: TrainState, batch: Batch, noise_key: jax.Array, beta: jax.Array):
         step_key = jax.random.fold_in(noise_key, state.step)
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, step_key, beta)
-        if axis_name is not None:
-            grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - ema_decay)
