@@ -6,9 +6,8 @@ r"""Speed of the VIB training step: one model, an 8-beta sweep, and 12 training 
 
 Every case trains the paper's model (encoder 784-1024-1024-2K with K=256, softmax decoder, batch 100,
 Adam) through the library's own path, as `vib_jax.sweep.train_and_evaluate` builds it:
-`train.make_train_step(axis_name=parallel.data_axis(mesh))` -> `train.make_train_epoch` ->
-`parallel.compile_sweep_epoch` over a mesh of `--num_devices` devices, on random data of MNIST's shape
-(no dataset needed). An epoch of `--steps_per_epoch` steps is compiled and run once to warm up, then timed
+`train.make_train_step` -> `train.make_train_epoch` -> `parallel.compile_sweep_epoch` over a mesh of
+`--num_devices` devices, on random data of MNIST's shape (no dataset needed). An epoch of `--steps_per_epoch` steps is compiled and run once to warm up, then timed
 `--repeats` times; the reported step time is the median epoch time over the steps per epoch.
 
 FLOPs of one training step, counting the matrix products only (B = 100 examples, S training samples,
@@ -158,9 +157,12 @@ def time_training(case: Case, mesh: Mesh, steps_per_epoch: int, repeats: int, se
     model = models.VIBClassifier(LATENT_DIM, NUM_CLASSES, HIDDEN_DIMS)
     schedule = train.learning_rate_schedule(LEARNING_RATE, LR_DECAY_RATE, LR_DECAY_EPOCHS, steps_per_epoch)
     optimizer = train.make_optimizer(schedule, ADAM_B1, ADAM_B2)
-    train_step = train.make_train_step(model, optimizer, ema_decay=EMA_DECAY, num_samples=case.train_samples,
-                                       label_entropy=math.log(NUM_CLASSES), axis_name=parallel.data_axis(mesh))
-    run_epoch = parallel.compile_sweep_epoch(train.make_train_epoch(train_step), mesh, num_examples, BATCH_SIZE)
+    def make_epoch(axis_name):
+        return train.make_train_epoch(train.make_train_step(
+            model, optimizer, ema_decay=EMA_DECAY, num_samples=case.train_samples,
+            label_entropy=math.log(NUM_CLASSES), axis_name=axis_name))
+
+    run_epoch = parallel.compile_sweep_epoch(make_epoch, mesh, num_examples, BATCH_SIZE)
 
     init_key, shuffle_key, noise_key = jax.random.split(jax.random.key(seed), 3)
     betas = (1e-3 * 0.1 ** np.arange(case.num_betas)).astype(np.float32)  # 1e-3, 1e-4, ...
@@ -207,7 +209,8 @@ def time_matmuls(case: Case, mesh: Mesh, steps_per_epoch: int, repeats: int, see
     def epoch(operands, shifts):
         return jax.lax.scan(lambda total, shift: (total + jnp.sum(products(operands, shift)), None), 0.0, shifts)[0]
 
-    sharded = jax.jit(parallel.data_parallel(epoch, mesh, in_specs=(P(), P()), out_specs=P()))
+    sharded = jax.jit(parallel.data_parallel(epoch, mesh, in_specs=(P(), P()), out_specs=P(),
+                                             num_members=case.num_betas))
     operands = parallel.replicate(operands, mesh)
     shifts = parallel.replicate(np.linspace(0.0, 1.0, steps_per_epoch, dtype=np.float32), mesh)
     jax.block_until_ready(sharded(operands, shifts))  # compile and warm up

@@ -29,10 +29,12 @@ CHECK = textwrap.dedent(
 
     def run(num_devices):
         mesh = parallel.make_mesh(num_devices)
-        step = train.make_train_step(model, optimizer, ema_decay=0.9, num_samples=3, label_entropy=math.log(10),
-                                     axis_name=parallel.data_axis(mesh))
-        run_epoch = parallel.compile_sweep_epoch(train.make_train_epoch(step), mesh, 256, 32)
-        run_eval = parallel.compile_sweep_evaluate(train.make_evaluate(model, 4, parallel.data_axis(mesh)), mesh)
+        def make_epoch(axis_name):
+            return train.make_train_epoch(train.make_train_step(
+                model, optimizer, ema_decay=0.9, num_samples=3, label_entropy=math.log(10), axis_name=axis_name))
+
+        run_epoch = parallel.compile_sweep_epoch(make_epoch, mesh, 256, 32)
+        run_eval = parallel.compile_sweep_evaluate(lambda axis_name: train.make_evaluate(model, 4, axis_name), mesh)
         fresh = jax.tree_util.tree_map(jnp.copy, initial)  # run_epoch donates the states it is given
         states, args = parallel.replicate((fresh, (images, labels, noise_keys, betas, chunks)), mesh)
         images_, labels_, keys_, betas_, chunks_ = args

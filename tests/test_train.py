@@ -95,8 +95,8 @@ def run_sweep(toy_problem):
     """`run_sweep(betas, epochs)` -> (stacked states, last epoch's metrics), with one compiled epoch program."""
     images, labels, model, optimizer = toy_problem
     mesh = parallel.make_mesh(1)
-    epoch_fn = train.make_train_epoch(make_step(model, optimizer, axis_name=parallel.data_axis(mesh)))
-    run_epoch = parallel.compile_sweep_epoch(epoch_fn, mesh, NUM_EXAMPLES, BATCH)
+    make_epoch = lambda axis_name: train.make_train_epoch(make_step(model, optimizer, axis_name=axis_name))
+    run_epoch = parallel.compile_sweep_epoch(make_epoch, mesh, NUM_EXAMPLES, BATCH)
     initial = train.create_train_state(model, optimizer, jax.random.key(6), INPUT_DIM)
 
     def run(betas, epochs=2):
@@ -148,6 +148,12 @@ def test_evaluate_matches_a_direct_computation_with_padding(toy_problem):
     label_entropy = -np.sum(frequencies[frequencies > 0] * np.log(frequencies[frequencies > 0]))
     assert float(metrics["izy_bound_bits"]) == pytest.approx((label_entropy - cross_entropy) / math.log(2), rel=1e-4)
     assert float(metrics["izx_bound_bits"]) == pytest.approx(rate / math.log(2), rel=1e-5)
+
+
+def test_one_device_runs_shard_map_only_for_a_sweep():
+    mesh = parallel.make_mesh(1)
+    assert not parallel.uses_shard_map(mesh, 1)
+    assert parallel.uses_shard_map(mesh, 8)
 
 
 def test_choose_num_devices():

@@ -46,18 +46,21 @@ def make_mesh(num_devices: int) -> Mesh:
     return Mesh(np.asarray(jax.devices()[:num_devices]), (DATA_AXIS,))
 
 
-def data_axis(mesh: Mesh) -> str | None:
-    """The axis name a step should average over on `mesh`: `DATA_AXIS`, or None on a one-device mesh.
+def uses_shard_map(mesh: Mesh, num_members: int) -> bool:
+    """Whether the sweep programs run under `jax.shard_map`: always on several devices, and on one device
+    only for a sweep of several betas.
 
-    On one device there is nothing to average and the programs below skip `shard_map` (measured ~12%
-    faster per step on CPU); the numbers are the same.
+    On one device the collectives have nothing to do, and the choice is about speed alone (the numbers are
+    the same). Measured on XLA:CPU (benchmarks/RESULTS.md): one model runs faster without `shard_map`,
+    while a vmapped sweep runs faster with it, because its collective makes the batched weight gradients
+    land in the layout the optimizer reads.
     """
-    return DATA_AXIS if mesh.size > 1 else None
+    return mesh.size > 1 or num_members > 1
 
 
-def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs) -> Callable:
-    """`jax.shard_map(fn)` over `mesh`, or `fn` itself on a one-device mesh (see `data_axis`)."""
-    if mesh.size == 1:
+def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs, num_members: int = 1) -> Callable:
+    """`jax.shard_map(fn)` over `mesh`, or `fn` itself where `uses_shard_map` says no."""
+    if not uses_shard_map(mesh, num_members):
         return fn
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
 
@@ -92,32 +95,47 @@ def map_over_members(fn: Callable, in_axes: tuple) -> Callable:
     return mapped
 
 
-def compile_sweep_epoch(train_epoch: Callable, mesh: Mesh, num_examples: int, batch_size: int) -> Callable:
+def _sweep_program(make_fn: Callable, in_axes: tuple, mesh: Mesh, in_specs, out_specs, num_members: int):
+    """`make_fn(axis_name)` mapped over the sweep's members and made data-parallel over `mesh`."""
+    axis_name = DATA_AXIS if uses_shard_map(mesh, num_members) else None
+    swept = map_over_members(make_fn(axis_name), in_axes)
+    return data_parallel(swept, mesh, in_specs, out_specs, num_members)
+
+
+def compile_sweep_epoch(
+    make_train_epoch: Callable[[str | None], Callable], mesh: Mesh, num_examples: int, batch_size: int
+) -> Callable:
     """Jits `run_epoch(states, images, labels, epoch_key, noise_keys, betas) -> (states, metrics)`.
 
-    `states` carry a leading sweep axis (one member per beta) as do `noise_keys` and `betas`; `images`
-    `[N, D]` and `labels` `[N]` are replicated. The epoch's shuffled batch indices are drawn on device
-    from `epoch_key`, and each device trains on its `batch_size / devices` columns of every batch.
-    `train_epoch` must average over `data_axis(mesh)`. `states` are donated.
+    `make_train_epoch(axis_name)` builds the epoch function (`vib_jax.train.make_train_epoch` of a step that
+    averages over `axis_name`, or over nothing when it is None). `states` carry a leading sweep axis (one
+    member per beta) as do `noise_keys` and `betas`; `images` `[N, D]` and `labels` `[N]` are replicated.
+    The epoch's shuffled batch indices are drawn on device from `epoch_key`, and each device trains on its
+    `batch_size / devices` columns of every batch. `states` are donated.
     """
-    swept = map_over_members(train_epoch, in_axes=(0, None, None, None, 0, 0))
-    sharded = data_parallel(
-        swept, mesh, in_specs=(P(), P(), P(), P(None, DATA_AXIS), P(), P()), out_specs=(P(), P())
-    )
 
     def run_epoch(states, images, labels, epoch_key, noise_keys, betas):
         batch_indices = data.epoch_batch_indices(epoch_key, num_examples, batch_size)
-        return sharded(states, images, labels, batch_indices, noise_keys, betas)
+        program = _sweep_program(make_train_epoch, (0, None, None, None, 0, 0), mesh,
+                                 in_specs=(P(), P(), P(), P(None, DATA_AXIS), P(), P()), out_specs=(P(), P()),
+                                 num_members=betas.shape[0])
+        return program(states, images, labels, batch_indices, noise_keys, betas)
 
     return jax.jit(run_epoch, donate_argnums=0)
 
 
-def compile_sweep_evaluate(evaluate: Callable, mesh: Mesh) -> Callable:
+def compile_sweep_evaluate(make_evaluate: Callable[[str | None], Callable], mesh: Mesh) -> Callable:
     """Jits `run_evaluate(params, chunks, key) -> metrics` over stacked params (leading sweep axis).
 
-    Every evaluation chunk is split across the devices; `evaluate` must add its sums over `data_axis(mesh)`.
+    `make_evaluate(axis_name)` builds the evaluation (`vib_jax.train.make_evaluate`); every evaluation
+    chunk is split across the devices, which add their sums over `axis_name`.
     """
-    swept = map_over_members(evaluate, in_axes=(0, None, None))
-    chunk_specs = train.EvalChunks(*(P(None, DATA_AXIS),) * 4, P())
-    sharded = data_parallel(swept, mesh, in_specs=(P(), chunk_specs, P()), out_specs=P())
-    return jax.jit(sharded)
+
+    def run_evaluate(params, chunks, key):
+        chunk_specs = train.EvalChunks(*(P(None, DATA_AXIS),) * 4, P())
+        num_members = jax.tree_util.tree_leaves(params)[0].shape[0]
+        program = _sweep_program(make_evaluate, (0, None, None), mesh, in_specs=(P(), chunk_specs, P()),
+                                 out_specs=P(), num_members=num_members)
+        return program(params, chunks, key)
+
+    return jax.jit(run_evaluate)

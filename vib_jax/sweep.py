@@ -11,6 +11,7 @@ program per epoch (vmapped over betas, sharded over devices) and writes into the
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -132,13 +133,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     optimizer = train.make_optimizer(schedule, config.adam_b1, config.adam_b2)
     train_chunks = train.chunk_split(*_first(train_split, config.train_eval_size), config.eval_chunk_size, NUM_CLASSES)
     test_chunks = train.chunk_split(*test_split, config.eval_chunk_size, NUM_CLASSES)
-    train_step = train.make_train_step(
-        model, optimizer, ema_decay=config.ema_decay, num_samples=1 if config.deterministic else config.train_samples,
-        label_entropy=float(train_chunks.label_entropy), rate_budget=config.rate_budget if config.rate_budget >= 0 else None,
-        axis_name=parallel.data_axis(mesh))
-    run_epoch = parallel.compile_sweep_epoch(train.make_train_epoch(train_step), mesh, num_train, config.batch_size)
+    step_for_axis = functools.partial(
+        train.make_train_step, model, optimizer, ema_decay=config.ema_decay,
+        num_samples=1 if config.deterministic else config.train_samples,
+        label_entropy=float(train_chunks.label_entropy),
+        rate_budget=config.rate_budget if config.rate_budget >= 0 else None)
+    run_epoch = parallel.compile_sweep_epoch(
+        lambda axis_name: train.make_train_epoch(step_for_axis(axis_name=axis_name)), mesh, num_train, config.batch_size)
     run_evaluate = parallel.compile_sweep_evaluate(
-        train.make_evaluate(model, config.eval_samples, axis_name=parallel.data_axis(mesh)), mesh)
+        lambda axis_name: train.make_evaluate(model, config.eval_samples, axis_name), mesh)
 
     init_key, shuffle_key, noise_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
     beta_array = jnp.asarray(betas, jnp.float32)
