@@ -19,6 +19,13 @@ def _beta_axis_values(rows: Sequence[dict]) -> list[float]:
     return [r["beta"] if r["beta"] > 0 else floor for r in rows]
 
 
+def _log_scale_if_wide(axis, values: Sequence[float]) -> None:
+    """A log x-axis when the positive values span more than a decade (readable ticks otherwise: linear)."""
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) > 10 * min(positive):
+        axis.set_xscale("log")
+
+
 def test_error_vs_beta(rows: Sequence[dict], path: str) -> str:
     """Test error (%) against beta (log axis), for 12-sample averaging, one sample and z = mean."""
     rows = sorted(rows, key=lambda r: r["beta"])
@@ -49,7 +56,8 @@ def information_plane(rows: Sequence[dict], path: str) -> str:
         izy = [r[f"{split}_izy_bits"] for r in rows]
         axis.plot(izx, izy, color="grey", alpha=0.5, zorder=1)
         points = axis.scatter(izx, izy, c=betas, cmap="viridis", norm=matplotlib.colors.LogNorm(), zorder=2)
-        axis.set(xscale="log", xlabel="I(Z;X) upper bound: rate (bits)", title=f"information plane, {split}")
+        _log_scale_if_wide(axis, izx)
+        axis.set(xlabel="I(Z;X) upper bound: rate (bits)", title=f"information plane, {split}")
         axis.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("I(Z;Y) lower bound: H(Y) - CE (bits)")
     figure.colorbar(points, ax=axes, label=r"$\beta$")
