@@ -81,6 +81,20 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_one(tmp_path):
         sweep.preflight(config, str(tmp_path / "resumed"))
 
 
+def test_deterministic_baseline_has_no_rate(tmp_path):
+    config = smoke.get_config()
+    config.progress = False
+    config.deterministic = True
+    config.betas = (1e-2,)  # ignored: the baseline has no rate term
+    config.train_subset, config.test_subset, config.train_eval_size, config.num_epochs = 1000, 500, 500, 2
+    config.ema_decay = 0.9  # 20 steps: a slower average would still be mostly the initial params
+    rows = sweep.train_and_evaluate(config, str(tmp_path / "deterministic"))
+    assert [row["beta"] for row in rows] == [0.0]
+    assert rows[0]["test_izx_bits"] == 0.0 and rows[0]["train_izx_bits"] == 0.0
+    assert rows[0]["test_error_1"] == rows[0]["test_error_mean"] == rows[0]["test_error_avg"]  # z = mean
+    assert rows[0]["test_error_avg"] < 50.0  # it learned something in 20 steps (chance: 90%)
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
