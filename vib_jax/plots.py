@@ -74,6 +74,8 @@ def learning_curves(records: Sequence[dict], path: str) -> str:
         if points:
             axes.plot(*zip(*points), label=f"beta={beta:g}")
     axes.set(xlabel="epoch", ylabel="test error (%)", yscale="log", title="VIB: test error during training")
+    axes.yaxis.set_major_formatter(matplotlib.ticker.LogFormatter())  # 1, 10 rather than 10^0, 10^1
+    axes.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
