@@ -61,7 +61,7 @@ def information_plane(rows: Sequence[dict], path: str) -> str:
         axis.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("I(Z;Y) lower bound: H(Y) - CE (bits)")
     figure.colorbar(points, ax=axes, label=r"$\beta$")
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")  # the colorbar spans both axes: no tight_layout
     plt.close(figure)
     return path
 
