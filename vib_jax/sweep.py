@@ -168,6 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     logging.info("Compiled the epoch program in %.1f s.", time.perf_counter() - started)
     progress = tqdm(range(start_epoch + 1, config.num_epochs + 1), initial=start_epoch, total=config.num_epochs,
                     desc="epochs", unit="epoch", disable=not (config.progress and writer))
+    test_metrics = None  # the newest test evaluation, reused for the results when it is the last epoch's
     for epoch in progress:
         started = time.perf_counter()
         states, batch_metrics = run_epoch(states, images, labels, jax.random.fold_in(shuffle_key, epoch), noise_keys,
@@ -178,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         groups = {"train_batches": batch_metrics}
         if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
             groups["train"] = jax.device_get(run_evaluate(states.ema_params, train_chunks, eval_key))
-            groups["test"] = jax.device_get(run_evaluate(states.ema_params, test_chunks, eval_key))
+            groups["test"] = test_metrics = jax.device_get(run_evaluate(states.ema_params, test_chunks, eval_key))
             progress.set_postfix(test_error=" ".join(f"{100 * e:.2f}%" for e in groups["test"]["error_avg"]))
         if writer:
             learning_rate = float(schedule(epoch * steps_per_epoch - 1))
@@ -190,8 +191,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
 
     full_train = train.chunk_split(*train_split, config.eval_chunk_size, NUM_CLASSES)
     final_train = jax.device_get(run_evaluate(states.ema_params, parallel.replicate(full_train, mesh), eval_key))
-    final_test = jax.device_get(run_evaluate(states.ema_params, test_chunks, eval_key))
-    rows = metrics.result_rows(betas, config.num_epochs, final_train, final_test, train_seconds)
+    if test_metrics is None:  # resumed at the final epoch: nothing was evaluated in this process
+        test_metrics = jax.device_get(run_evaluate(states.ema_params, test_chunks, eval_key))
+    rows = metrics.result_rows(betas, config.num_epochs, final_train, test_metrics, train_seconds)
     if writer:
         metrics.write_csv(os.path.join(workdir, "results.csv"), rows)
         metrics.write_text(os.path.join(workdir, "results.md"), metrics.markdown_table(rows) + "\n")
