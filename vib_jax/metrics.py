@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Iterable, Mapping, Sequence
@@ -73,21 +74,21 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] = RESULT_COLU
     return "\n".join(lines)
 
 
-def _atomic_write(path: str, text: str) -> None:
+def write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` atomically: an old file is replaced only once the new one is complete."""
     temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
+    with open(temporary, "w", newline="") as handle:
         handle.write(text)
     os.replace(temporary, path)
 
 
 def write_csv(path: str, rows: Sequence[Mapping], columns: Sequence[str] = RESULT_COLUMNS) -> None:
-    """Writes `rows` as CSV, replacing any old file only once the new one is complete."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(temporary, path)
+    """Writes `rows` as CSV, atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def read_csv(path: str) -> list[dict[str, float]]:
@@ -113,9 +114,5 @@ def truncate_jsonl(path: str, last_epoch: int) -> None:
     """Keeps only the records of epochs <= `last_epoch` (what a resumed run has not yet redone)."""
     kept = [r for r in read_jsonl(path) if r["epoch"] <= last_epoch]
     if os.path.exists(path):
-        _atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
+        write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
-
-def write_text(path: str, text: str) -> None:
-    """Writes `text` to `path` atomically."""
-    _atomic_write(path, text)
