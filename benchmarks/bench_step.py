@@ -1,4 +1,4 @@
-r"""Speed of the VIB training step: one model, an 8-beta sweep, and 12 training samples.
+r"""Speed of the VIB training step: one model, an 8-beta sweep (the platform's way, and all vmapped), 12 samples.
 
   python -m benchmarks.bench_step            # 5 repeats of a 100-step epoch per case
   python -m benchmarks.bench_step --quick    # smoke run: 2 repeats of a 5-step epoch
@@ -7,21 +7,18 @@ r"""Speed of the VIB training step: one model, an 8-beta sweep, and 12 training 
 Every case trains the paper's model (encoder 784-1024-1024-2K with K=256, softmax decoder, batch 100,
 Adam) through the library's own path, as `vib_jax.sweep.train_and_evaluate` builds it:
 `train.make_train_step` -> `train.make_train_epoch` -> `parallel.compile_sweep_epoch` over a mesh of
-`--num_devices` devices, on random data of MNIST's shape (no dataset needed). An epoch of `--steps_per_epoch` steps is compiled and run once to warm up, then timed
-`--repeats` times; the reported step time is the median epoch time over the steps per epoch.
+`--num_devices` devices, on random data of MNIST's shape (no dataset needed). An epoch of
+`--steps_per_epoch` steps is compiled and run once to warm up, then timed `--repeats` times, alternating
+with the roofline's epoch (below); the reported step time is the median epoch time over the steps per epoch.
 
-FLOPs of one training step, counting the matrix products only (B = 100 examples, S training samples,
-D = 784, H = 1024, K = 256, C = 10), multiplied by the number of betas for a sweep:
-
-  forward   F = 2B(D*H + H*H + H*2K) + 2SBKC
-  backward  2F - 2BDH   (both operands' gradients of every product, except the first layer's gradient
-                         w.r.t. the images, which training does not need)
-  step      3F - 2BDH   (1.27 GFLOP for S = 1)
+The FLOPs of a step (matrix products only) are counted in `benchmarks/step_cost.py`: 1.27 GFLOP for one
+model with S = 1, times the number of betas for a sweep.
 
 The roofline is the speed of exactly these products (same shapes, forward and backward) as plain float32
-`@` of random arrays, jitted together, scanned over the same number of steps, vmapped over the betas as
-the sweep does (the images shared by all betas) and sharded over the same mesh; achieved/roofline says how
-close the training program comes to its matrix products alone.
+`@` of random arrays, jitted together, scanned over the same number of steps, mapped over the betas as the
+sweep is (`vib_jax.parallel.map_over_members`, the same number at once, the images shared by all betas),
+and sharded over the same mesh; achieved/roofline says how close the training program comes to its matrix
+products alone.
 """
 from __future__ import annotations
 
@@ -29,7 +26,6 @@ import dataclasses
 import datetime
 import math
 import os
-import statistics
 import time
 from typing import Callable
 
@@ -39,6 +35,9 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import Mesh, PartitionSpec as P
 
+from benchmarks.step_cost import (ADAM_B1, ADAM_B2, BATCH_SIZE, EMA_DECAY, HIDDEN_DIMS, INPUT_DIM, LATENT_DIM,
+                                   LEARNING_RATE, LR_DECAY_EPOCHS, LR_DECAY_RATE, MNIST_STEPS_PER_EPOCH,
+                                   NUM_CLASSES, interleaved_medians, step_flops, step_matmuls)
 from vib_jax import models, parallel, train
 
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 100, "Training steps per timed epoch.")
@@ -47,52 +46,33 @@ _NUM_DEVICES = flags.DEFINE_integer("num_devices", 1, "Devices of the data-paral
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: sets steps_per_epoch=5 and repeats=2.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the data, the initial params and the noise.")
 
-# The paper's MNIST model and optimiser (experiments/configs/default.py).
-INPUT_DIM = 784
-NUM_CLASSES = 10
-LATENT_DIM = 256
-HIDDEN_DIMS = (1024, 1024)
-BATCH_SIZE = 100
-LEARNING_RATE, LR_DECAY_RATE, LR_DECAY_EPOCHS = 1e-4, 0.97, 2
-ADAM_B1, ADAM_B2, EMA_DECAY = 0.5, 0.999, 0.999
-MNIST_STEPS_PER_EPOCH = 600  # 60,000 training images / batch 100
-
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """A benchmarked configuration: how many betas train at once, and posterior samples per example."""
+    """A benchmarked configuration: how many betas the sweep trains, how many of them at once (vmapped;
+    0: the platform's default, `vib_jax.parallel.members_at_once`), and posterior samples per example."""
 
     name: str
     num_betas: int
     train_samples: int
+    betas_at_once: int = 0
 
 
 CASES = (
     Case("(a) one model", num_betas=1, train_samples=1),
     Case("(b) 8-beta sweep", num_betas=8, train_samples=1),
     Case("(c) 12 train samples", num_betas=1, train_samples=12),
+    Case("(d) 8-beta sweep, all vmapped", num_betas=8, train_samples=1, betas_at_once=8),
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class Matmul:
-    """One matrix product `[m, k] @ [k, n]`; `shared_lhs`: its left operand (the images) is common to all betas."""
-
-    m: int
-    k: int
-    n: int
-    shared_lhs: bool = False
-
-    @property
-    def flops(self) -> int:
-        return 2 * self.m * self.k * self.n
-
-
-@dataclasses.dataclass(frozen=True)
 class Result:
-    """The timings of one case: median seconds per step of training and of its matrix products alone."""
+    """The timings of one case: median seconds per step of training and of its matrix products alone, and how
+    many betas trained at once."""
 
     case: Case
+    at_once: int
     step_seconds: float
     roofline_seconds: float
     compile_seconds: float
@@ -110,40 +90,6 @@ class Result:
         return self.flops / self.roofline_seconds / 1e9
 
 
-def step_matmuls(batch_size: int, train_samples: int) -> tuple[Matmul, ...]:
-    """The matrix products of one training step of one model, forward and backward (see the module doc).
-
-    Each dense layer `x [rows, fan_in] @ w [fan_in, fan_out]` has its forward product, its weight gradient
-    `x^T @ dy` and, except for the first layer, its input gradient `dy @ w^T`. The decoder's rows are the
-    S * B latent samples.
-    """
-    widths = (INPUT_DIM, *HIDDEN_DIMS, 2 * LATENT_DIM)
-    layers = [(batch_size, fan_in, fan_out) for fan_in, fan_out in zip(widths[:-1], widths[1:])]
-    layers.append((train_samples * batch_size, LATENT_DIM, NUM_CLASSES))
-    products = []
-    for index, (rows, fan_in, fan_out) in enumerate(layers):
-        first = index == 0
-        products += [Matmul(rows, fan_in, fan_out, first), Matmul(fan_in, rows, fan_out, first)]
-        if not first:
-            products.append(Matmul(rows, fan_out, fan_in))
-    return tuple(products)
-
-
-def step_flops(batch_size: int, train_samples: int) -> int:
-    """Matrix-product FLOPs of one training step of one model: 3F - 2BDH (the module doc's formula)."""
-    return sum(product.flops for product in step_matmuls(batch_size, train_samples))
-
-
-def median_seconds_per_step(run_epoch: Callable[[int], jax.Array], steps_per_epoch: int, repeats: int) -> float:
-    """Median over `repeats` calls of `run_epoch(repeat)` (which returns an array to wait on), per step."""
-    seconds = []
-    for repeat in range(repeats):
-        started = time.perf_counter()
-        jax.block_until_ready(run_epoch(repeat))
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds) / steps_per_epoch
-
-
 def random_mnist(seed: int, num_examples: int) -> tuple[np.ndarray, np.ndarray]:
     """Images `[N, 784]` float32 uniform in [-1, 1] (the loader's pixel range) and labels `[N]` int32 in 0..9."""
     rng = np.random.default_rng(seed)
@@ -151,8 +97,9 @@ def random_mnist(seed: int, num_examples: int) -> tuple[np.ndarray, np.ndarray]:
     return images, rng.integers(0, NUM_CLASSES, num_examples, dtype=np.int32)
 
 
-def time_training(case: Case, mesh: Mesh, steps_per_epoch: int, repeats: int, seed: int) -> tuple[float, float]:
-    """Compiles and warms up the case's epoch program, then times it: `(seconds per step, compile seconds)`."""
+def prepare_training(case: Case, mesh: Mesh, steps_per_epoch: int,
+                     seed: int) -> tuple[Callable[[int], jax.Array], float]:
+    """Compiles and warms up the case's epoch program: `(run_epoch(repeat) -> params to wait on, compile seconds)`."""
     num_examples = steps_per_epoch * BATCH_SIZE
     model = models.VIBClassifier(LATENT_DIM, NUM_CLASSES, HIDDEN_DIMS)
     schedule = train.learning_rate_schedule(LEARNING_RATE, LR_DECAY_RATE, LR_DECAY_EPOCHS, steps_per_epoch)
@@ -162,7 +109,7 @@ def time_training(case: Case, mesh: Mesh, steps_per_epoch: int, repeats: int, se
             model, optimizer, ema_decay=EMA_DECAY, num_samples=case.train_samples,
             label_entropy=math.log(NUM_CLASSES), axis_name=axis_name))
 
-    run_epoch = parallel.compile_sweep_epoch(make_epoch, mesh, num_examples, BATCH_SIZE)
+    run_epoch = parallel.compile_sweep_epoch(make_epoch, mesh, num_examples, BATCH_SIZE, case.betas_at_once)
 
     init_key, shuffle_key, noise_key = jax.random.split(jax.random.key(seed), 3)
     betas = (1e-3 * 0.1 ** np.arange(case.num_betas)).astype(np.float32)  # 1e-3, 1e-4, ...
@@ -181,40 +128,41 @@ def time_training(case: Case, mesh: Mesh, steps_per_epoch: int, repeats: int, se
         return states.params
 
     jax.block_until_ready(one_epoch(0))  # warm-up
-    return median_seconds_per_step(lambda repeat: one_epoch(repeat + 1), steps_per_epoch, repeats), compile_seconds
+    return lambda repeat: one_epoch(repeat + 1), compile_seconds
 
 
-def time_matmuls(case: Case, mesh: Mesh, steps_per_epoch: int, repeats: int, seed: int) -> float:
-    """Seconds per step of the case's matrix products alone: the roofline (see the module doc).
+def prepare_matmuls(case: Case, mesh: Mesh, steps_per_epoch: int, seed: int) -> Callable[[int], jax.Array]:
+    """Compiles and warms up an epoch of the case's matrix products alone, the roofline (see the module doc):
+    returns `run_epoch(repeat) -> array to wait on`.
 
     Each device runs the products of its share of the batch. Adding the step's scalar to every left operand
     makes each step's products differ, so the compiler cannot hoist them out of the scan.
     """
     num_devices = mesh.devices.size
     matmuls = step_matmuls(BATCH_SIZE // num_devices, case.train_samples)
-    swept = case.num_betas > 1
+    at_once = parallel.members_at_once(case.betas_at_once, mesh, case.num_betas)
     rng = np.random.default_rng(seed)
+    random = lambda *shape: rng.standard_normal(shape, np.float32)
+    # Each product's left operand is shared by all betas (the images) or one per beta; its right one is per beta.
+    shared = [random(p.m, p.k) if p.shared_lhs else None for p in matmuls]
+    own = [(None if p.shared_lhs else random(case.num_betas, p.m, p.k), random(case.num_betas, p.k, p.n))
+           for p in matmuls]
 
-    def operand(shape, shared):
-        return rng.standard_normal(shape if shared or not swept else (case.num_betas, *shape), np.float32)
+    def member_epoch(own, shared, shifts):
+        def products(shift):
+            return sum(jnp.sum(((shared_lhs if lhs is None else lhs) + shift) @ rhs)
+                       for (lhs, rhs), shared_lhs in zip(own, shared))
 
-    operands = [(operand((p.m, p.k), p.shared_lhs), operand((p.k, p.n), False)) for p in matmuls]
+        return jax.lax.scan(lambda total, shift: (total + products(shift), None), 0.0, shifts)[0]
 
-    def products(operands, shift):
-        return sum(jnp.sum((lhs + shift) @ rhs) for lhs, rhs in operands)
-
-    if swept:
-        products = jax.vmap(products, in_axes=([(None if p.shared_lhs else 0, 0) for p in matmuls], None))
-
-    def epoch(operands, shifts):
-        return jax.lax.scan(lambda total, shift: (total + jnp.sum(products(operands, shift)), None), 0.0, shifts)[0]
-
-    sharded = jax.jit(parallel.data_parallel(epoch, mesh, in_specs=(P(), P()), out_specs=P(),
-                                             num_members=case.num_betas))
-    operands = parallel.replicate(operands, mesh)
+    # Members are mapped outside the scan over steps, as in training, in the same groups.
+    epoch = parallel.map_over_members(member_epoch, (0, None, None), at_once)
+    sharded = jax.jit(parallel.data_parallel(epoch, mesh, in_specs=(P(), P(), P()), out_specs=P(), at_once=at_once),
+                      compiler_options=parallel.compiler_options(mesh))
+    operands = parallel.replicate((own, shared), mesh)
     shifts = parallel.replicate(np.linspace(0.0, 1.0, steps_per_epoch, dtype=np.float32), mesh)
-    jax.block_until_ready(sharded(operands, shifts))  # compile and warm up
-    return median_seconds_per_step(lambda _: sharded(operands, shifts), steps_per_epoch, repeats)
+    jax.block_until_ready(sharded(*operands, shifts))  # compile and warm up
+    return lambda _: sharded(*operands, shifts)
 
 
 def case_summary(result: Result) -> str:
@@ -232,13 +180,13 @@ def case_summary(result: Result) -> str:
 
 def markdown_table(results: list[Result]) -> str:
     """The results as a Markdown table, one row per case."""
-    lines = ["| case | betas | train samples | ms/step | examples/s | model-examples/s | GFLOP/step | GFLOP/s "
-             f"| roofline GFLOP/s | achieved/roofline | {MNIST_STEPS_PER_EPOCH}-step epoch (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| case | betas | at once | train samples | ms/step | examples/s | model-examples/s | GFLOP/step "
+             f"| GFLOP/s | roofline GFLOP/s | achieved/roofline | {MNIST_STEPS_PER_EPOCH}-step epoch (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         examples_per_second = BATCH_SIZE / r.step_seconds
         lines.append(
-            f"| {r.case.name} | {r.case.num_betas} | {r.case.train_samples} | {1e3 * r.step_seconds:.2f} "
+            f"| {r.case.name} | {r.case.num_betas} | {r.at_once} | {r.case.train_samples} | {1e3 * r.step_seconds:.2f} "
             f"| {examples_per_second:,.0f} | {r.case.num_betas * examples_per_second:,.0f} | {r.flops / 1e9:.2f} "
             f"| {r.achieved_gflops:.1f} | {r.roofline_gflops:.1f} | {r.achieved_gflops / r.roofline_gflops:.2f} "
             f"| {MNIST_STEPS_PER_EPOCH * r.step_seconds:.1f} |")
@@ -246,11 +194,12 @@ def markdown_table(results: list[Result]) -> str:
 
 
 def sweep_cost_line(results: list[Result]) -> str:
-    """The sweep's step time over the single model's, against the target for this platform."""
-    single, sweep = results[:2]  # in the order of CASES
+    """The sweeps' step times over the single model's, against the target for this platform."""
+    single, sweep, _, vmapped = results  # in the order of CASES
     target = 8.5 if jax.default_backend() == "cpu" else 2.0
     return (f"Sweep cost: {sweep.case.num_betas} betas take {sweep.step_seconds / single.step_seconds:.2f}x "
-            f"the time of one model (target <= {target}x on {jax.default_backend()}).")
+            f"the time of one model (target <= {target}x on {jax.default_backend()}); all vmapped at once, "
+            f"{vmapped.step_seconds / single.step_seconds:.2f}x.")
 
 
 def machine_lines(num_devices: int, steps_per_epoch: int, repeats: int) -> list[str]:
@@ -277,9 +226,12 @@ def main(argv):
 
     results = []
     for case in CASES:
-        step_seconds, compile_seconds = time_training(case, mesh, steps_per_epoch, repeats, _SEED.value)
-        roofline_seconds = time_matmuls(case, mesh, steps_per_epoch, repeats, _SEED.value)
-        results.append(Result(case, step_seconds, roofline_seconds, compile_seconds))
+        run_training, compile_seconds = prepare_training(case, mesh, steps_per_epoch, _SEED.value)
+        run_matmuls = prepare_matmuls(case, mesh, steps_per_epoch, _SEED.value)
+        epoch_seconds, roofline_seconds = interleaved_medians((run_training, run_matmuls), repeats)
+        at_once = parallel.members_at_once(case.betas_at_once, mesh, case.num_betas)
+        results.append(Result(case, at_once, epoch_seconds / steps_per_epoch, roofline_seconds / steps_per_epoch,
+                              compile_seconds))
         print(case_summary(results[-1]), flush=True)
     print()
     print(sweep_cost_line(results))

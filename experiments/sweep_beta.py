@@ -34,6 +34,9 @@ _SHORTCUTS = {
     "seed": flags.DEFINE_integer("seed", None, "Random seed."),
     "deterministic": flags.DEFINE_bool("deterministic", None, "Train the no-bottleneck baseline instead."),
     "num_devices": flags.DEFINE_integer("num_devices", None, "Devices to use; 0: all that fit the batch."),
+    "betas_at_once": flags.DEFINE_integer(
+        "betas_at_once", None, "Betas trained at once (vmapped); the groups run one after another. "
+        "0: all of them on GPU/TPU, one at a time on CPU."),
 }
 
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 CHECK = textwrap.dedent(
     """
@@ -27,14 +26,15 @@ CHECK = textwrap.dedent(
     noise_keys = jax.vmap(train.member_noise_key, in_axes=(None, 0))(jax.random.key(3), betas)
     chunks = train.chunk_split(images[:200], labels[:200], 40, 10)
 
-    def run(num_devices):
+    def run(num_devices, betas_at_once):
         mesh = parallel.make_mesh(num_devices)
         def make_epoch(axis_name):
             return train.make_train_epoch(train.make_train_step(
                 model, optimizer, ema_decay=0.9, num_samples=3, label_entropy=math.log(10), axis_name=axis_name))
 
-        run_epoch = parallel.compile_sweep_epoch(make_epoch, mesh, 256, 32)
-        run_eval = parallel.compile_sweep_evaluate(lambda axis_name: train.make_evaluate(model, 4, axis_name), mesh)
+        run_epoch = parallel.compile_sweep_epoch(make_epoch, mesh, 256, 32, betas_at_once)
+        run_eval = parallel.compile_sweep_evaluate(lambda axis_name: train.make_evaluate(model, 4, axis_name), mesh,
+                                                   betas_at_once)
         fresh = jax.tree_util.tree_map(jnp.copy, initial)  # run_epoch donates the states it is given
         states, args = parallel.replicate((fresh, (images, labels, noise_keys, betas, chunks)), mesh)
         images_, labels_, keys_, betas_, chunks_ = args
@@ -44,16 +44,20 @@ CHECK = textwrap.dedent(
         evaluation = run_eval(states.ema_params, chunks_, jax.random.key(5))
         return jax.device_get((states, metrics, evaluation))
 
-    one, eight = run(1), run(8)
     leaves = lambda tree: [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(tree)]
-    param_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(leaves(one[0].params), leaves(eight[0].params)))
-    param_scale = max(float(np.max(np.abs(a))) for a in leaves(one[0].params))
+    largest_difference = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in zip(leaves(a), leaves(b)))
     relative = lambda a, b: float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(a))))
-    metric_diff = {k: relative(one[1][k], eight[1][k]) for k in one[1]}
-    eval_diff = {k: relative(one[2][k], eight[2][k]) for k in one[2]}
-    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(leaves(one[0].params), leaves(initial.params)))
-    print(json.dumps(dict(param_diff=param_diff, param_scale=param_scale, metric_diff=metric_diff,
-                          eval_diff=eval_diff, moved=moved, steps=int(one[0].step[0]))))
+    reports = {}
+    for betas_at_once in (1, 2):  # the betas one after another, and vmapped together
+        one, eight = run(1, betas_at_once), run(8, betas_at_once)
+        reports[betas_at_once] = dict(
+            param_diff=largest_difference(one[0].params, eight[0].params),
+            param_scale=max(float(np.max(np.abs(a))) for a in leaves(one[0].params)),
+            metric_diff={k: relative(one[1][k], eight[1][k]) for k in one[1]},
+            eval_diff={k: relative(one[2][k], eight[2][k]) for k in one[2]},
+            moved=largest_difference(one[0].params, initial.params),
+            steps=int(one[0].step[0]))
+    print(json.dumps(reports))
     """
 )
 
@@ -63,10 +67,12 @@ def test_eight_devices_equal_one_device():
     result = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=600,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["steps"] == 24
-    assert report["moved"] > 1e-3  # training did change the params
-    # Differences are relative to max(1, |value|): reductions are split differently across devices.
-    assert report["param_diff"] < 1e-5 * max(1.0, report["param_scale"]), report
-    assert all(diff < 1e-5 for diff in report["metric_diff"].values()), report
-    assert all(diff < 1e-5 for diff in report["eval_diff"].values()), report
+    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(reports) == {"1", "2"}
+    for report in reports.values():
+        assert report["steps"] == 24
+        assert report["moved"] > 1e-3  # training did change the params
+        # Differences are relative to max(1, |value|): reductions are split differently across devices.
+        assert report["param_diff"] < 1e-5 * max(1.0, report["param_scale"]), reports
+        assert all(diff < 1e-5 for diff in report["metric_diff"].values()), reports
+        assert all(diff < 1e-5 for diff in report["eval_diff"].values()), reports

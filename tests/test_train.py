@@ -92,14 +92,14 @@ def test_member_noise_key_depends_on_the_beta_value_only():
 
 @pytest.fixture(scope="module")
 def run_sweep(toy_problem):
-    """`run_sweep(betas, epochs)` -> (stacked states, last epoch's metrics), with one compiled epoch program."""
+    """`run_sweep(betas, epochs, betas_at_once)` -> (stacked states, last epoch's metrics)."""
     images, labels, model, optimizer = toy_problem
     mesh = parallel.make_mesh(1)
     make_epoch = lambda axis_name: train.make_train_epoch(make_step(model, optimizer, axis_name=axis_name))
-    run_epoch = parallel.compile_sweep_epoch(make_epoch, mesh, NUM_EXAMPLES, BATCH)
     initial = train.create_train_state(model, optimizer, jax.random.key(6), INPUT_DIM)
 
-    def run(betas, epochs=2):
+    def run(betas, epochs=2, betas_at_once=0):
+        run_epoch = parallel.compile_sweep_epoch(make_epoch, mesh, NUM_EXAMPLES, BATCH, betas_at_once)
         betas = jnp.asarray(betas, jnp.float32)
         noise_keys = jax.vmap(train.member_noise_key, in_axes=(None, 0))(jax.random.key(7), betas)
         states = train.stack_states(initial, len(betas))
@@ -111,9 +111,10 @@ def run_sweep(toy_problem):
     return run
 
 
-def test_sweep_members_equal_single_runs(run_sweep):
+@pytest.mark.parametrize("betas_at_once", [1, 2, 3])  # one at a time (CPU's default), groups of 2 and 1, all vmapped
+def test_sweep_members_equal_single_runs(run_sweep, betas_at_once):
     betas = [0.0, 1e-3, 1e-1]
-    swept, swept_metrics = run_sweep(betas)
+    swept, swept_metrics = run_sweep(betas, betas_at_once=betas_at_once)
     for m, beta in enumerate(betas):
         single, single_metrics = run_sweep([beta])
         member = jax.tree_util.tree_map(lambda leaf: leaf[m], swept)
@@ -150,10 +151,31 @@ def test_evaluate_matches_a_direct_computation_with_padding(toy_problem):
     assert float(metrics["izx_bound_bits"]) == pytest.approx(rate / math.log(2), rel=1e-5)
 
 
-def test_one_device_runs_shard_map_only_for_a_sweep():
+def test_one_device_runs_shard_map_only_for_a_vmapped_sweep():
     mesh = parallel.make_mesh(1)
-    assert not parallel.uses_shard_map(mesh, 1)
-    assert parallel.uses_shard_map(mesh, 8)
+    assert not parallel.uses_shard_map(mesh, at_once=1)
+    assert parallel.uses_shard_map(mesh, at_once=8)
+
+
+def test_members_at_once():
+    mesh = parallel.make_mesh(1)  # a CPU device in the tests
+    assert parallel.members_at_once(0, mesh, num_members=8) == 1  # CPU: one at a time
+    assert parallel.members_at_once(3, mesh, num_members=8) == 3
+    assert parallel.members_at_once(20, mesh, num_members=8) == 8
+    with pytest.raises(ValueError, match="betas_at_once"):
+        parallel.members_at_once(-1, mesh, num_members=8)
+
+
+@pytest.mark.parametrize("at_once", [1, 2, 3, 4])
+def test_map_over_members_maps_the_swept_arguments_only(at_once):
+    fn = lambda x, shared, y: {"sum": x @ shared + y, "first": x[0]}
+    xs, ys = jnp.arange(12.0).reshape(4, 3), jnp.arange(4.0)
+    shared = jnp.array([1.0, 10.0, 100.0])
+    out = jax.jit(parallel.map_over_members(fn, (0, None, 0), at_once))(xs, shared, ys)
+    np.testing.assert_allclose(out["sum"], np.asarray(xs) @ np.asarray(shared) + np.asarray(ys))
+    np.testing.assert_allclose(out["first"], xs[:, 0])
+    single = parallel.map_over_members(fn, (0, None, 0), at_once)(xs[:1], shared, ys[:1])
+    assert single["sum"].shape == (1,) and float(single["sum"][0]) == 0 * 1 + 1 * 10 + 2 * 100
 
 
 def test_choose_num_devices():

@@ -1,7 +1,8 @@
 """Devices: the mesh, and the compiled sweep programs that run data-parallel over it.
 
 This is the only module that knows about devices. It takes the pure functions of `vib_jax.train` and
-transforms them: `jax.vmap` over the leading beta axis of stacked states, `jax.shard_map` over a 1-D
+transforms them: `jax.vmap` over the leading beta axis of stacked states (in groups run one after another
+inside the program where that is faster, as on CPU: see `members_at_once`), `jax.shard_map` over a 1-D
 mesh of devices (batch sharded, params replicated, gradients averaged with `jax.lax.pmean` inside the
 step), and `jax.jit` around the lot. `jax.pmap` users: `jax.shard_map` is its successor, with the same
 per-device programming model; a mesh of one device runs the same program on one device.
@@ -46,21 +47,39 @@ def make_mesh(num_devices: int) -> Mesh:
     return Mesh(np.asarray(jax.devices()[:num_devices]), (DATA_AXIS,))
 
 
-def uses_shard_map(mesh: Mesh, num_members: int) -> bool:
+def members_at_once(requested: int, mesh: Mesh, num_members: int) -> int:
+    """How many sweep members each device trains at once, vmapped together; groups run one after another.
+
+    Args:
+      requested: k >= 1 for k members at once (at most `num_members`), or 0 to choose by platform: all of
+        them on an accelerator, where vmapping the sweep is what fills the device, and one at a time on CPU.
+        XLA:CPU already spreads each matrix product over the cores, and it runs the batched products of a
+        vmapped sweep slower than one model's (benchmarks/RESULTS.md).
+      mesh: the devices the sweep runs on.
+      num_members: the number of members (betas) in the sweep.
+    """
+    if requested < 0:
+        raise ValueError(f"betas_at_once must be >= 0 (0: chosen by platform), got {requested}.")
+    if requested == 0:
+        return 1 if mesh.devices.flat[0].platform == "cpu" else num_members
+    return min(requested, num_members)
+
+
+def uses_shard_map(mesh: Mesh, at_once: int) -> bool:
     """Whether the sweep programs run under `jax.shard_map`: always on several devices, and on one device
-    only for a sweep of several betas.
+    only when several members train at once (vmapped).
 
     On one device the collectives have nothing to do, and the choice is about speed alone (the numbers are
     the same). Measured on XLA:CPU (benchmarks/RESULTS.md): one model runs faster without `shard_map`,
     while a vmapped sweep runs faster with it, because its collective makes the batched weight gradients
     land in the layout the optimizer reads.
     """
-    return mesh.size > 1 or num_members > 1
+    return mesh.size > 1 or at_once > 1
 
 
-def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs, num_members: int = 1) -> Callable:
+def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs, at_once: int = 1) -> Callable:
     """`jax.shard_map(fn)` over `mesh`, or `fn` itself where `uses_shard_map` says no."""
-    if not uses_shard_map(mesh, num_members):
+    if not uses_shard_map(mesh, at_once):
         return fn
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
 
@@ -74,36 +93,59 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def map_over_members(fn: Callable, in_axes: tuple) -> Callable:
-    """`jax.vmap(fn, in_axes)` over the leading sweep axis, except that a sweep of one member is squeezed.
+def compiler_options(mesh: Mesh) -> dict[str, bool]:
+    """XLA options for the sweep programs on the platform of `mesh`'s devices.
 
-    Both give the same numbers; squeezing gives XLA the unbatched program, which on CPU is measurably
-    faster than a vmap over an axis of size 1 (whose weight gradients come out transposed and are copied).
-    `in_axes` holds 0 (mapped) or None (shared) for each positional argument.
+    On CPU: region-based copy insertion. Without it, XLA:CPU copies the first Adam moment and most weight
+    matrices at every step of a scanned epoch, to keep their old values next to their in-place updates:
+    about 30 MB of extra memory traffic per step of the paper's model (benchmarks/RESULTS.md). The option
+    changes which buffers hold what, never a number.
     """
-    vmapped = jax.vmap(fn, in_axes=in_axes)
+    if mesh.devices.flat[0].platform == "cpu":
+        return {"xla_cpu_copy_insertion_use_region_analysis": True}
+    return {}
+
+
+def map_over_members(fn: Callable, in_axes: tuple, at_once: int) -> Callable:
+    """Maps `fn` over the leading sweep axis, `at_once` members at a time.
+
+    The members of a group are vmapped together; the groups run one after another inside the program
+    (`jax.lax.map`). Every way gives the same numbers to float tolerance. A group of one member runs `fn`
+    itself rather than a vmap over an axis of size 1, which XLA:CPU runs measurably slower (its weight
+    gradients come out transposed and are copied). `in_axes` holds 0 (mapped) or None (shared) for each
+    positional argument.
+    """
+
+    def member_args(mapped_args, args):
+        mapped_args = iter(mapped_args)
+        return [next(mapped_args) if axis == 0 else arg for arg, axis in zip(args, in_axes)]
 
     def mapped(*args):
-        members = {leaf.shape[0] for arg, axis in zip(args, in_axes) if axis == 0
-                   for leaf in jax.tree_util.tree_leaves(arg)}
-        if members != {1}:
-            return vmapped(*args)
-        squeezed = [arg if axis is None else jax.tree_util.tree_map(lambda leaf: leaf[0], arg)
-                    for arg, axis in zip(args, in_axes)]
-        return jax.tree_util.tree_map(lambda leaf: leaf[None], fn(*squeezed))
+        swept = [arg for arg, axis in zip(args, in_axes) if axis == 0]
+        num_members = jax.tree_util.tree_leaves(swept)[0].shape[0]
+        if num_members == 1:
+            squeezed = jax.tree_util.tree_map(lambda leaf: leaf[0], swept)
+            return jax.tree_util.tree_map(lambda leaf: leaf[None], fn(*member_args(squeezed, args)))
+        if at_once >= num_members:
+            return jax.vmap(fn, in_axes=in_axes)(*args)
+        return jax.lax.map(lambda member: fn(*member_args(member, args)), swept,
+                           batch_size=at_once if at_once > 1 else None)
 
     return mapped
 
 
-def _sweep_program(make_fn: Callable, in_axes: tuple, mesh: Mesh, in_specs, out_specs, num_members: int):
+def _sweep_program(make_fn: Callable, in_axes: tuple, mesh: Mesh, in_specs, out_specs, num_members: int,
+                   betas_at_once: int):
     """`make_fn(axis_name)` mapped over the sweep's members and made data-parallel over `mesh`."""
-    axis_name = DATA_AXIS if uses_shard_map(mesh, num_members) else None
-    swept = map_over_members(make_fn(axis_name), in_axes)
-    return data_parallel(swept, mesh, in_specs, out_specs, num_members)
+    at_once = members_at_once(betas_at_once, mesh, num_members)
+    axis_name = DATA_AXIS if uses_shard_map(mesh, at_once) else None
+    swept = map_over_members(make_fn(axis_name), in_axes, at_once)
+    return data_parallel(swept, mesh, in_specs, out_specs, at_once)
 
 
 def compile_sweep_epoch(
-    make_train_epoch: Callable[[str | None], Callable], mesh: Mesh, num_examples: int, batch_size: int
+    make_train_epoch: Callable[[str | None], Callable], mesh: Mesh, num_examples: int, batch_size: int,
+    betas_at_once: int = 0,
 ) -> Callable:
     """Jits `run_epoch(states, images, labels, epoch_key, noise_keys, betas) -> (states, metrics)`.
 
@@ -111,31 +153,34 @@ def compile_sweep_epoch(
     averages over `axis_name`, or over nothing when it is None). `states` carry a leading sweep axis (one
     member per beta) as do `noise_keys` and `betas`; `images` `[N, D]` and `labels` `[N]` are replicated.
     The epoch's shuffled batch indices are drawn on device from `epoch_key`, and each device trains on its
-    `batch_size / devices` columns of every batch. `states` are donated.
+    `batch_size / devices` columns of every batch; `betas_at_once` members train at once (see
+    `members_at_once`). `states` are donated.
     """
 
     def run_epoch(states, images, labels, epoch_key, noise_keys, betas):
         batch_indices = data.epoch_batch_indices(epoch_key, num_examples, batch_size)
         program = _sweep_program(make_train_epoch, (0, None, None, None, 0, 0), mesh,
                                  in_specs=(P(), P(), P(), P(None, DATA_AXIS), P(), P()), out_specs=(P(), P()),
-                                 num_members=betas.shape[0])
+                                 num_members=betas.shape[0], betas_at_once=betas_at_once)
         return program(states, images, labels, batch_indices, noise_keys, betas)
 
-    return jax.jit(run_epoch, donate_argnums=0)
+    return jax.jit(run_epoch, donate_argnums=0, compiler_options=compiler_options(mesh))
 
 
-def compile_sweep_evaluate(make_evaluate: Callable[[str | None], Callable], mesh: Mesh) -> Callable:
+def compile_sweep_evaluate(make_evaluate: Callable[[str | None], Callable], mesh: Mesh,
+                           betas_at_once: int = 0) -> Callable:
     """Jits `run_evaluate(params, chunks, key) -> metrics` over stacked params (leading sweep axis).
 
     `make_evaluate(axis_name)` builds the evaluation (`vib_jax.train.make_evaluate`); every evaluation
-    chunk is split across the devices, which add their sums over `axis_name`.
+    chunk is split across the devices, which add their sums over `axis_name`. `betas_at_once` is as for
+    `compile_sweep_epoch`.
     """
 
     def run_evaluate(params, chunks, key):
         chunk_specs = train.EvalChunks(*(P(None, DATA_AXIS),) * 4, P())
         num_members = jax.tree_util.tree_leaves(params)[0].shape[0]
         program = _sweep_program(make_evaluate, (0, None, None), mesh, in_specs=(P(), chunk_specs, P()),
-                                 out_specs=P(), num_members=num_members)
+                                 out_specs=P(), num_members=num_members, betas_at_once=betas_at_once)
         return program(params, chunks, key)
 
-    return jax.jit(run_evaluate)
+    return jax.jit(run_evaluate, compiler_options=compiler_options(mesh))

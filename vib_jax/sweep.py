@@ -22,14 +22,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from tqdm.auto import tqdm
 
 from vib_jax import checkpoints, data, metrics, models, parallel, train
 
 NUM_CLASSES = 10
 # Config entries a resumed run may change: they do not alter the numbers it produces.
-RESUMABLE_CHANGES = frozenset({"num_epochs", "checkpoint_every_epochs", "num_devices", "progress"})
+RESUMABLE_CHANGES = frozenset({"num_epochs", "checkpoint_every_epochs", "num_devices", "betas_at_once", "progress"})
 
 
 def _require(condition: bool, name: str, allowed: str, value: Any) -> None:
@@ -47,7 +46,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for name in ("num_epochs", "latent_dim", "train_samples", "eval_samples", "batch_size", "lr_decay_epochs",
                  "eval_every_epochs", "eval_chunk_size", "checkpoint_every_epochs"):
         _require(int(config[name]) == config[name] and config[name] >= 1, name, "an integer >= 1", config[name])
-    for name in ("train_subset", "test_subset", "train_eval_size", "num_devices"):
+    for name in ("train_subset", "test_subset", "train_eval_size", "num_devices", "betas_at_once"):
         _require(int(config[name]) == config[name] and config[name] >= 0, name, "an integer >= 0 (0: all)", config[name])
     _require(all(int(w) == w and w >= 1 for w in config.hidden_dims), "hidden_dims", "integers >= 1", config.hidden_dims)
     _require(config.learning_rate > 0, "learning_rate", "> 0", config.learning_rate)
@@ -125,7 +124,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     steps_per_epoch = num_train // config.batch_size
     num_devices = parallel.choose_num_devices(config.num_devices, (config.batch_size, config.eval_chunk_size))
     mesh = parallel.make_mesh(num_devices)
-    logging.info("Sweep over betas %s on %d device(s), %d steps per epoch.", betas, num_devices, steps_per_epoch)
+    logging.info("Sweep over betas %s on %d device(s), %d at once, %d steps per epoch.", betas, num_devices,
+                 parallel.members_at_once(config.betas_at_once, mesh, len(betas)), steps_per_epoch)
 
     model = models.VIBClassifier(config.latent_dim, NUM_CLASSES, tuple(config.hidden_dims), not config.deterministic)
     schedule = train.learning_rate_schedule(config.learning_rate, config.lr_decay_rate, config.lr_decay_epochs,
@@ -138,10 +138,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         num_samples=1 if config.deterministic else config.train_samples,
         label_entropy=float(train_chunks.label_entropy),
         rate_budget=config.rate_budget if config.rate_budget >= 0 else None)
-    run_epoch = parallel.compile_sweep_epoch(
-        lambda axis_name: train.make_train_epoch(step_for_axis(axis_name=axis_name)), mesh, num_train, config.batch_size)
+    run_epoch = parallel.compile_sweep_epoch(lambda axis_name: train.make_train_epoch(step_for_axis(axis_name=axis_name)),
+                                             mesh, num_train, config.batch_size, config.betas_at_once)
     run_evaluate = parallel.compile_sweep_evaluate(
-        lambda axis_name: train.make_evaluate(model, config.eval_samples, axis_name), mesh)
+        lambda axis_name: train.make_evaluate(model, config.eval_samples, axis_name), mesh, config.betas_at_once)
 
     init_key, shuffle_key, noise_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
     beta_array = jnp.asarray(betas, jnp.float32)

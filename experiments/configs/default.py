@@ -34,5 +34,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.checkpoint_every_epochs = 5
     config.num_devices = 0  # 0: the most local devices that divide the batch and eval chunk sizes
+    config.betas_at_once = 0  # betas vmapped together, groups one after another; 0: all on GPU/TPU, 1 on CPU
     config.progress = True
     return config
