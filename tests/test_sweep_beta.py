@@ -104,6 +104,7 @@ def test_deterministic_baseline_has_no_rate(tmp_path):
         (["--dataset=cifar10"], "mnist"),
         (["--eval_samples=0"], "eval_samples"),
         (["--num_epochs=0"], "num_epochs"),
+        (["--betas_at_once=-1"], "betas_at_once must be an integer >= 0"),
         (["--beta=1e-3", "--betas=1e-3,1e-2"], "--beta or --betas"),
     ],
 )

@@ -46,8 +46,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for name in ("num_epochs", "latent_dim", "train_samples", "eval_samples", "batch_size", "lr_decay_epochs",
                  "eval_every_epochs", "eval_chunk_size", "checkpoint_every_epochs"):
         _require(int(config[name]) == config[name] and config[name] >= 1, name, "an integer >= 1", config[name])
-    for name in ("train_subset", "test_subset", "train_eval_size", "num_devices", "betas_at_once"):
+    for name in ("train_subset", "test_subset", "train_eval_size", "num_devices"):
         _require(int(config[name]) == config[name] and config[name] >= 0, name, "an integer >= 0 (0: all)", config[name])
+    _require(int(config.betas_at_once) == config.betas_at_once and config.betas_at_once >= 0, "betas_at_once",
+             "an integer >= 0 (0: all on GPU/TPU, one at a time on CPU)", config.betas_at_once)
     _require(all(int(w) == w and w >= 1 for w in config.hidden_dims), "hidden_dims", "integers >= 1", config.hidden_dims)
     _require(config.learning_rate > 0, "learning_rate", "> 0", config.learning_rate)
     _require(0 < config.lr_decay_rate <= 1, "lr_decay_rate", "in (0, 1]", config.lr_decay_rate)
