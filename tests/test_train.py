@@ -111,7 +111,7 @@ def run_sweep(toy_problem):
     return run
 
 
-@pytest.mark.parametrize("betas_at_once", [1, 2, 3])  # one at a time (CPU's default), groups of 2 and 1, all vmapped
+@pytest.mark.parametrize("betas_at_once", [1, 2, 3])  # one at a time, groups of 2 and 1, all vmapped
 def test_sweep_members_equal_single_runs(run_sweep, betas_at_once):
     betas = [0.0, 1e-3, 1e-1]
     swept, swept_metrics = run_sweep(betas, betas_at_once=betas_at_once)

@@ -2,7 +2,8 @@
 
 `validate_config` checks every user-facing value and `check_workdir` checks that a workdir can be used, both
 before any data is loaded or file written; `train_and_evaluate` then runs the sweep as one compiled
-program per epoch (vmapped over betas, sharded over devices) and writes into the workdir:
+program per epoch (over all betas: `parallel.members_at_once` says how many at once; sharded over devices)
+and writes into the workdir:
 
 - `config.json`: the run's config (a later run in the same workdir must match it to resume);
 - `metrics.jsonl`: one record per epoch and beta (losses in nats, information in bits, errors in [0, 1]);
