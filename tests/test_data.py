@@ -46,9 +46,13 @@ def test_load_split_scales_bytes_as_two_b_over_255_minus_one(mocked, empty_dir):
     assert images_u8.dtype == np.uint8 and images_u8.shape == (NUM_MOCK, 784)
     np.testing.assert_allclose(np.asarray(split.images), 2.0 * images_u8 / 255.0 - 1.0, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(split.labels), labels_host)
-    np.testing.assert_allclose(np.asarray(data.to_unit_interval(split.images)), images_u8 / 255.0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(data.to_unit_interval(split.images)), images_u8 / 255.0, atol=1e-6
+    )
     # Random mock bytes span 0..255, so both ends of the scale are reached.
-    assert float(split.images.min()) == -1.0 and float(split.images.max()) == pytest.approx(1.0, abs=0.01)
+    assert float(split.images.min()) == -1.0 and float(split.images.max()) == pytest.approx(
+        1.0, abs=0.01
+    )
 
 
 def test_subset_size_takes_the_first_examples(mocked, empty_dir):
@@ -170,7 +174,9 @@ def test_dataset_version_is_the_stock_builders_version():
 # --- epoch_batch_indices ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("num_examples, batch_size", [(100, 10), (103, 10), (7, 7), (5, 1), (64, 63)])
+@pytest.mark.parametrize(
+    "num_examples, batch_size", [(100, 10), (103, 10), (7, 7), (5, 1), (64, 63)]
+)
 def test_epoch_is_a_permutation_cut_into_full_batches(num_examples, batch_size):
     batches = data.epoch_batch_indices(jax.random.key(0), num_examples, batch_size)
     assert batches.shape == (num_examples // batch_size, batch_size)
@@ -194,7 +200,9 @@ def test_epoch_is_deterministic_for_a_key_and_differs_across_epochs():
 def test_epoch_works_under_jit_with_static_sizes_and_legacy_keys():
     jitted = jax.jit(data.epoch_batch_indices, static_argnums=(1, 2))
     key = jax.random.key(3)
-    np.testing.assert_array_equal(np.asarray(jitted(key, 50, 8)), np.asarray(data.epoch_batch_indices(key, 50, 8)))
+    np.testing.assert_array_equal(
+        np.asarray(jitted(key, 50, 8)), np.asarray(data.epoch_batch_indices(key, 50, 8))
+    )
     legacy = data.epoch_batch_indices(jax.random.PRNGKey(3), 50, 8)
     assert legacy.shape == (6, 8)
     # Inside a scan over epochs, as a training loop would use it.

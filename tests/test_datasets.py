@@ -19,8 +19,7 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-from vib_jax import data
-from vib_jax import datasets
+from vib_jax import data, datasets
 
 MNIST_TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -36,7 +35,9 @@ def _require(ready: bool, what: str) -> None:
         return
     message = f"{what} (data_dir={data.default_data_dir()}); run `make data` first"
     if _in_ci():
-        pytest.fail(f"{message}. CI is set, so real-data tests fail rather than skip.", pytrace=False)
+        pytest.fail(
+            f"{message}. CI is set, so real-data tests fail rather than skip.", pytrace=False
+        )
     pytest.skip(message)
 
 
@@ -46,19 +47,25 @@ def _require_prepared(name: str) -> None:
 
 def _real_raw_dir(name: str) -> str:
     raw_dir = os.path.join(datasets.default_raw_dir(data.default_data_dir()), name)
-    _require(datasets.has_idx_files(name, raw_dir), f"the raw {name} IDX files are not in {raw_dir}")
+    _require(
+        datasets.has_idx_files(name, raw_dir), f"the raw {name} IDX files are not in {raw_dir}"
+    )
     return raw_dir
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
     """uint8 ``[N]`` labels or ``[N, 28, 28]`` images -> IDX file content."""
     magic = {1: 2049, 3: 2051}[array.ndim]
-    return struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + array.astype(np.uint8).tobytes()
+    return (
+        struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + array.astype(np.uint8).tobytes()
+    )
 
 
 def _sorted_rows(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
     """uint8 ``[N, 784]`` images and ``[N]`` labels -> the sorted (image bytes + label) records."""
-    return sorted(image.tobytes() + bytes([int(label)]) for image, label in zip(images, labels, strict=True))
+    return sorted(
+        image.tobytes() + bytes([int(label)]) for image, label in zip(images, labels, strict=True)
+    )
 
 
 def _flip_byte(path: str, offset: int) -> None:
@@ -165,7 +172,8 @@ def test_build_refuses_wrong_files_before_writing_anything(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "ours, stock", [(datasets.MNIST, tfds_mnist.MNIST), (datasets.FashionMNIST, tfds_mnist.FashionMNIST)]
+    "ours, stock",
+    [(datasets.MNIST, tfds_mnist.MNIST), (datasets.FashionMNIST, tfds_mnist.FashionMNIST)],
 )
 def test_builders_match_the_stock_tfds_builders(tmp_path, ours, stock):
     assert ours.name == stock.name and ours.VERSION == stock.VERSION
@@ -216,7 +224,9 @@ def test_a_flipped_byte_in_a_real_file_is_rejected(tmp_path, capsys):
     assert expected in message and _sha256_of_file(str(corrupted)) in message
     assert not data.is_prepared("mnist", data_dir)
     # The CLI says the same and exits with 1.
-    status = datasets.main(["prepare", "--data_dir", data_dir, "--datasets", "mnist", "--mnist_dir", str(raw)])
+    status = datasets.main(
+        ["prepare", "--data_dir", data_dir, "--datasets", "mnist", "--mnist_dir", str(raw)]
+    )
     assert status == 1 and "t10k-labels-idx1-ubyte" in capsys.readouterr().err
 
 
@@ -233,7 +243,7 @@ def test_a_changed_byte_inside_a_real_gz_file_is_rejected(tmp_path):
     assert hashlib.sha256(content).hexdigest() in str(error.value)
 
 
-# --- The real prepared data -------------------------------------------------------------------------
+# --- The real prepared data -----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -268,8 +278,13 @@ def _unit_mean(split: data.Split) -> float:
 def test_mnist_sizes_labels_and_pixel_means(mnist_train, mnist_test):
     assert mnist_train.images.shape == (60000, 784) and mnist_train.labels.shape == (60000,)
     assert mnist_test.images.shape == (10000, 784) and mnist_test.labels.shape == (10000,)
-    assert np.bincount(np.asarray(mnist_train.labels), minlength=10).tolist() == MNIST_TRAIN_LABEL_COUNTS
-    assert np.bincount(np.asarray(mnist_test.labels), minlength=10).tolist() == MNIST_TEST_LABEL_COUNTS
+    assert (
+        np.bincount(np.asarray(mnist_train.labels), minlength=10).tolist()
+        == MNIST_TRAIN_LABEL_COUNTS
+    )
+    assert (
+        np.bincount(np.asarray(mnist_test.labels), minlength=10).tolist() == MNIST_TEST_LABEL_COUNTS
+    )
     assert _unit_mean(mnist_train) == pytest.approx(0.1307, abs=5e-4)
     assert _unit_mean(mnist_test) == pytest.approx(0.1325, abs=5e-4)
     assert float(mnist_train.images.min()) == -1.0 and float(mnist_train.images.max()) == 1.0
@@ -292,11 +307,17 @@ def test_prepared_test_split_equals_the_raw_idx_files(name):
     raw = datasets.RAW_FILES[name]["test"]
     images_path = datasets.find_idx_file(raw_dir, raw.images)
     labels_path = datasets.find_idx_file(raw_dir, raw.labels)
-    expected_images = datasets.parse_idx_images(datasets.read_verified(images_path, raw.images_sha256), images_path)
-    expected_labels = datasets.parse_idx_labels(datasets.read_verified(labels_path, raw.labels_sha256), labels_path)
+    expected_images = datasets.parse_idx_images(
+        datasets.read_verified(images_path, raw.images_sha256), images_path
+    )
+    expected_labels = datasets.parse_idx_labels(
+        datasets.read_verified(labels_path, raw.labels_sha256), labels_path
+    )
     images, labels = data.read_split_uint8(name, "test")
     # TFDS shuffles examples when it writes them, so compare (image, label) pairs as multisets.
-    assert _sorted_rows(images, labels) == _sorted_rows(expected_images.reshape(-1, 784), expected_labels)
+    assert _sorted_rows(images, labels) == _sorted_rows(
+        expected_images.reshape(-1, 784), expected_labels
+    )
     assert not np.array_equal(labels, expected_labels)  # really reordered, as stock TFDS does
 
 
@@ -304,7 +325,9 @@ def test_prepared_test_split_equals_the_raw_idx_files(name):
 def test_cache_agrees_with_decoding_from_tfds(mnist_train):
     del mnist_train  # Only makes sure the cache is written.
     assert data.has_cache("mnist", "train")
-    source = tfds.data_source("mnist", split="train", data_dir=data.default_data_dir(), download=False)
+    source = tfds.data_source(
+        "mnist", split="train", data_dir=data.default_data_dir(), download=False
+    )
     decoded_images, decoded_labels = data._decode_uint8(source, 300)
     cached_images, cached_labels = data.read_split_uint8("mnist", "train", subset_size=300)
     np.testing.assert_array_equal(cached_images, decoded_images)
@@ -347,7 +370,9 @@ def test_build_from_the_users_own_files_into_a_new_dir(tmp_path, capsys):
     )
     assert status == 0, capsys.readouterr().err
     assert data.is_prepared("mnist", data_dir) and data.has_cache("mnist", "test", data_dir)
-    assert not os.path.exists(os.path.join(datasets.default_raw_dir(data_dir), "mnist"))  # nothing fetched
+    assert not os.path.exists(
+        os.path.join(datasets.default_raw_dir(data_dir), "mnist")
+    )  # nothing fetched
     fresh = data.read_split_uint8("mnist", "test", data_dir=data_dir)
     prepared = data.read_split_uint8("mnist", "test")
     np.testing.assert_array_equal(fresh[0], prepared[0])

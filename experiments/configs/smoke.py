@@ -1,4 +1,5 @@
 """A small, fast run for CPU smoke tests: the paper's model shape on a subset of the data."""
+
 from experiments.configs import default
 
 
@@ -13,5 +14,7 @@ def get_config():
     config.train_eval_size = 1000
     config.eval_chunk_size = 500
     config.checkpoint_every_epochs = 2
-    config.ema_decay = 0.99  # a few hundred steps: the paper's 0.999 would still average in the initial params
+    config.ema_decay = (
+        0.99  # a few hundred steps: the paper's 0.999 would still average in the initial params
+    )
     return config
