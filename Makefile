@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install data test test-slow run sweep bench clean
+.PHONY: install data test test-slow lint run sweep vae rd bench clean
 
 install: $(VENV)/.installed
 
@@ -19,8 +19,13 @@ $(VENV)/.installed: pyproject.toml
 data: install
 	$(PY) -m vib_jax.datasets prepare
 
-test: install data
+test: install data lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Format and lint checks (ruff, configured in pyproject.toml); `ruff format .` fixes the formatting.
+lint: install
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
 
 test-slow: install data
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
@@ -32,6 +37,14 @@ run: data
 # The information-plane sweep (the paper's Fig. 1): 9 betas from 1e-8 to 1, trained at once.
 sweep: data
 	$(PY) -m experiments.sweep_beta --betas=1e-8:1:9 --workdir=workdirs/sweep_1e-8_1 $(ARGS)
+
+# The beta-VAE with Burda et al. (2016)'s architecture and schedule, 5 seeds at once (3,280 epochs).
+vae: data
+	$(PY) -m experiments.sweep_beta --config=experiments/configs/vae.py --num_seeds=5 --workdir=workdirs/vae $(ARGS)
+
+# The VAE's rate-distortion curve: 9 betas from 0.1 to 10, trained at once.
+rd: data
+	$(PY) -m experiments.sweep_beta --config=experiments/configs/vae.py --betas=0.1:10:9 --workdir=workdirs/rd $(ARGS)
 
 # Step-time benchmarks against the matrix-product roofline (prints a Markdown table).
 bench: install

@@ -1,43 +1,59 @@
-"""Tests of vib_jax.metrics: records, results rows, tables and their files."""
+"""Tests of vib_jax.metrics: records, tables (per member and over seeds) and their files."""
+
+import csv
+
 import numpy as np
 import pytest
 
 from vib_jax import metrics
 
-
-def sweep_metrics(errors, izx, izy):
-    return {"error_avg": np.array(errors), "error_1": np.array(errors) + 0.01, "error_mean": np.array(errors) - 0.01,
-            "izx_bound_bits": np.array(izx), "izy_bound_bits": np.array(izy)}
+MEMBERS = [{"seed": 0, "beta": 1e-3}, {"seed": 0, "beta": 1e-2}]
 
 
-def test_epoch_records_split_sweep_metrics_per_beta():
-    records = metrics.epoch_records(3, [1e-3, 1e-2], 1e-4, 12.5, train_batches={"loss": np.array([0.5, 0.7])},
-                                    test=sweep_metrics([0.02, 0.03], [40.0, 10.0], [3.2, 3.1]))
+def test_epoch_records_carry_each_members_seed_and_hyperparameters():
+    records = metrics.epoch_records(
+        3,
+        MEMBERS,
+        1e-4,
+        12.5,
+        train_batches={"loss": np.array([0.5, 0.7])},
+        test={"error_avg": np.array([0.02, 0.03])},
+    )
     assert len(records) == 2
-    assert records[1]["beta"] == 1e-2 and records[1]["epoch"] == 3 and records[1]["epoch_seconds"] == 12.5
+    assert records[1]["beta"] == 1e-2 and records[1]["seed"] == 0 and records[1]["epoch"] == 3
+    assert records[1]["epoch_seconds"] == 12.5 and records[1]["learning_rate"] == 1e-4
     assert records[1]["train_batches/loss"] == pytest.approx(0.7)
-    assert records[0]["test/izx_bound_bits"] == pytest.approx(40.0)
+    assert records[0]["test/error_avg"] == pytest.approx(0.02)
 
 
-def test_result_rows_are_in_percent_and_bits():
-    rows = metrics.result_rows([1e-3], 200, sweep_metrics([0.01], [30.0], [3.2]), sweep_metrics([0.0125], [31.0], [3.1]),
-                               seconds=123.45)
-    row = rows[0]
-    assert row["test_error_avg"] == pytest.approx(1.25) and row["test_error_1"] == pytest.approx(2.25)
-    assert row["train_izx_bits"] == pytest.approx(30.0) and row["test_izy_bits"] == pytest.approx(3.1)
-    assert row["epochs"] == 200 and row["train_seconds"] == pytest.approx(123.5)
-    table = metrics.markdown_table(rows)
-    lines = table.splitlines()
-    assert lines[0].startswith("| beta | epochs | test_error_avg")
-    assert "| 0.001 | 200 | 1.25 |" in lines[2]
+def test_seed_summary_is_mean_and_sample_standard_deviation_per_hyperparameters():
+    rows = [
+        {"seed": s, "beta": b, "error": e}
+        for s, b, e in [(0, 1e-3, 1.37), (1, 1e-3, 1.27), (2, 1e-3, 1.29), (0, 1e-2, 2.0)]
+    ]
+    summary = metrics.seed_summary(rows, ["beta"], ["error"])
+    assert [s["beta"] for s in summary] == [1e-3, 1e-2] and [s["seeds"] for s in summary] == [3, 1]
+    assert summary[0]["error_mean"] == pytest.approx(np.mean([1.37, 1.27, 1.29]))
+    assert summary[0]["error_std"] == pytest.approx(np.std([1.37, 1.27, 1.29], ddof=1))
+    assert summary[1]["error_std"] == 0.0
+    table = metrics.markdown_summary(summary, ["beta"], ["error"]).splitlines()
+    assert table[0] == "| beta | seeds | error |"
+    assert table[2] == "| 0.001 | 3 | 1.31 ± 0.05 |"
 
 
-def test_csv_round_trip_and_jsonl_truncation(tmp_path):
-    rows = metrics.result_rows([0.0, 1e-2], 5, sweep_metrics([0.1, 0.2], [1.0, 2.0], [3.0, 2.5]),
-                               sweep_metrics([0.1, 0.2], [1.0, 2.0], [3.0, 2.5]), 1.0)
+def test_csv_round_trip_markdown_and_jsonl_truncation(tmp_path):
+    rows = [{"seed": 0, "beta": 0.0, "error": 1.25}, {"seed": 1, "beta": 1e-2, "error": 0.00333}]
     path = str(tmp_path / "results.csv")
-    metrics.write_csv(path, rows)
-    assert metrics.read_csv(path) == [{k: float(v) for k, v in row.items()} for row in rows]
+    metrics.write_csv(path, rows, ["seed", "beta", "error"])
+    with open(path, newline="") as handle:
+        read = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    assert read == [{k: float(v) for k, v in row.items()} for row in rows]
+    lines = metrics.markdown_table(rows, ["beta", "error"]).splitlines()
+    assert (
+        lines[0] == "| beta | error |"
+        and lines[2] == "| 0.00 | 1.25 |"
+        and lines[3] == "| 0.01 | 0.00333 |"
+    )
     log = str(tmp_path / "metrics.jsonl")
     metrics.append_jsonl(log, [{"epoch": e, "beta": 0.0} for e in (1, 2, 3, 4)])
     metrics.truncate_jsonl(log, 2)

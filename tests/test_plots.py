@@ -1,26 +1,73 @@
-"""Tests of vib_jax.plots: the sweep's figures are drawn from its results files."""
+"""Tests of vib_jax.plots: every figure is a PNG with something drawn on it."""
+
 import matplotlib.pyplot as plt
 import numpy as np
 
 from vib_jax import metrics, plots
 
 
-def test_sweep_figures_are_pngs_drawn_from_the_results_files(tmp_path):
-    betas = [0.0, 1e-6, 1e-3, 1.0]
-    split = {"error_avg": np.array([0.012, 0.012, 0.013, 0.6]), "error_1": np.array([0.013, 0.013, 0.015, 0.7]),
-             "error_mean": np.array([0.012, 0.012, 0.013, 0.6]), "izx_bound_bits": np.array([900.0, 300.0, 40.0, 0.1]),
-             "izy_bound_bits": np.array([3.3, 3.3, 3.25, 0.5])}
-    metrics.write_csv(str(tmp_path / "results.csv"), metrics.result_rows(betas, 2, split, split, 1.0))
-    for epoch in (1, 2):
-        metrics.append_jsonl(str(tmp_path / "metrics.jsonl"),
-                             metrics.epoch_records(epoch, betas, 1e-4, 1.0, test=split))
-    paths = plots.sweep_figures(str(tmp_path))
-    assert [p.rsplit("/", 1)[1] for p in paths] == ["test_error_vs_beta.png", "information_plane.png",
-                                                    "learning_curves.png"]
-    for path in paths:
-        image = plt.imread(path)
-        assert image.shape[0] > 200 and image.shape[1] > 300
-        assert image[..., :3].std() > 0.05  # something is drawn
+def assert_drawn(path):
+    image = plt.imread(path)
+    assert image.shape[0] > 150 and image.shape[1] > 300
+    assert image[..., :3].std() > 0.05  # something is drawn
+
+
+def test_classifier_figures_with_two_seeds(tmp_path):
+    rows = [
+        {
+            "seed": s,
+            "beta": b,
+            "test_error_avg": e + s / 10,
+            "test_error_1": e + 1,
+            "test_error_mean": e,
+            "train_izx_bits": x,
+            "train_izy_bits": 3.2,
+            "test_izx_bits": x,
+            "test_izy_bits": 3.1,
+        }
+        for s in (0, 1)
+        for b, e, x in [(0.0, 1.2, 900.0), (1e-3, 1.3, 40.0), (1.0, 60.0, 0.1)]
+    ]
+    records = [
+        record
+        for epoch in (1, 2)
+        for record in metrics.epoch_records(
+            epoch,
+            [{"seed": r["seed"], "beta": r["beta"]} for r in rows],
+            1e-4,
+            1.0,
+            test={"error_avg": np.array([r["test_error_avg"] / 100 for r in rows])},
+        )
+    ]
+    assert_drawn(plots.test_error_vs_beta(rows, str(tmp_path / "error.png")))
+    assert_drawn(plots.information_plane(rows, str(tmp_path / "plane.png")))
+    assert_drawn(
+        plots.learning_curves(
+            records, "test/error_avg", "test error (%)", str(tmp_path / "c.png"), 100
+        )
+    )
+
+
+def test_mean_and_std_by_groups_the_seeds():
+    rows = [{"beta": 1.0, "v": 1.0}, {"beta": 1.0, "v": 3.0}, {"beta": 0.1, "v": 5.0}]
+    assert plots._mean_and_std_by(rows, "beta", "v") == (
+        [0.1, 1.0],
+        [5.0, 2.0],
+        [0.0, float(np.sqrt(2))],
+    )
+
+
+def test_vae_figures(tmp_path):
+    rows = [
+        {"beta": b, "test_rate_nats": r, "test_distortion_nats": d}
+        for b, r, d in [(0.1, 60.0, 40.0), (1.0, 25.0, 65.0), (10.0, 2.0, 150.0)]
+    ]
+    assert_drawn(plots.rate_distortion(rows, str(tmp_path / "rd.png")))
+    images = np.random.default_rng(0).uniform(size=(2, 5, 28, 28))
+    assert_drawn(plots.image_grid(images, ["input", "beta=1"], "grid", str(tmp_path / "grid.png")))
+    latents = np.random.default_rng(1).normal(size=(2, 300, 2))
+    labels = np.arange(300) % 10
+    assert_drawn(plots.latent_scatter(latents, labels, ["a", "b"], str(tmp_path / "latents.png")))
 
 
 def test_information_axis_is_logarithmic_only_over_a_wide_range():

@@ -1,7 +1,9 @@
-"""End-to-end tests of the sweep_beta entrypoint and driver on real MNIST (a small subset), on the CPU.
+"""End-to-end tests of the sweep_beta entrypoint and driver on real MNIST (a small subset), on the
+CPU.
 
 Needs the prepared data (`make data`); without it these tests skip, except under CI where they fail.
 """
+
 import csv
 import json
 import os
@@ -30,7 +32,9 @@ def prepared_mnist():
 def run_entrypoint(*flags, timeout=600):
     command = [sys.executable, "-m", "experiments.sweep_beta", *flags]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def read_rows(workdir):
@@ -40,19 +44,38 @@ def read_rows(workdir):
 
 def test_entrypoint_trains_a_sweep_on_real_mnist(tmp_path):
     workdir = str(tmp_path / "run")
-    result = run_entrypoint("--config=experiments/configs/smoke.py", f"--workdir={workdir}", "--betas=1e-4,1e-1")
+    result = run_entrypoint(
+        "--config=experiments/configs/smoke.py", f"--workdir={workdir}", "--betas=1e-4,1e-1"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_rows(workdir)
-    assert [float(r["beta"]) for r in rows] == [1e-4, 1e-1]
+    assert [float(r["beta"]) for r in rows] == [1e-4, 1e-1] and [r["seed"] for r in rows] == [
+        "0",
+        "0",
+    ]
     # 200 steps on 5000 real images: far from the 90% of a model that learns nothing.
     assert float(rows[0]["test_error_avg"]) < 12.0, rows
     # A larger beta squeezes the rate (the I(Z;X) bound).
     assert float(rows[1]["test_izx_bits"]) < float(rows[0]["test_izx_bits"]), rows
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert len(records) == 2 * 4 and {r["epoch"] for r in records} == {1, 2, 3, 4}
-    for key in ("train_batches/loss", "train_batches/cross_entropy", "train_batches/rate", "test/error_avg",
-                "test/error_1", "test/error_mean", "train/error_avg", "test/izx_bound_bits", "test/izy_bound_bits",
-                "learning_rate", "epoch_seconds"):
+    assert {(r["seed"], r["beta"], r["rate_budget"]) for r in records} == {
+        (0, 1e-4, 0.0),
+        (0, 1e-1, 0.0),
+    }
+    for key in (
+        "train_batches/loss",
+        "train_batches/cross_entropy",
+        "train_batches/rate",
+        "test/error_avg",
+        "test/error_1",
+        "test/error_mean",
+        "train/error_avg",
+        "test/izx_bound_bits",
+        "test/izy_bound_bits",
+        "learning_rate",
+        "epoch_seconds",
+    ):
         assert key in records[-1], key
     for figure in ("test_error_vs_beta.png", "information_plane.png", "learning_curves.png"):
         with open(os.path.join(workdir, figure), "rb") as handle:
@@ -72,11 +95,19 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_one(tmp_path):
     config.num_epochs = 3  # ... and started again with the same workdir.
     resumed = sweep.train_and_evaluate(config, str(tmp_path / "resumed"))
 
-    for key in ("test_error_avg", "test_error_1", "test_error_mean", "train_izx_bits", "test_izy_bits"):
+    for key in (
+        "test_error_avg",
+        "test_error_1",
+        "test_error_mean",
+        "train_izx_bits",
+        "test_izy_bits",
+    ):
         assert resumed[0][key] == pytest.approx(uninterrupted[0][key], rel=1e-6, abs=1e-6), key
     records = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2, 3]  # no epoch logged twice
-    config.num_epochs = 1  # fewer epochs than already trained there: refused, not silently mislabelled
+    config.num_epochs = (
+        1  # fewer epochs than already trained there: refused, not silently mislabelled
+    )
     with pytest.raises(ValueError, match="num_epochs=1 is below the epoch 3"):
         sweep.preflight(config, str(tmp_path / "resumed"))
 
@@ -85,13 +116,20 @@ def test_deterministic_baseline_has_no_rate(tmp_path):
     config = smoke.get_config()
     config.progress = False
     config.deterministic = True
-    config.betas = (1e-2,)  # ignored: the baseline has no rate term
-    config.train_subset, config.test_subset, config.train_eval_size, config.num_epochs = 1000, 500, 500, 2
+    config.sweep.beta = (1e-2,)  # ignored: the baseline has no rate term
+    config.train_subset, config.test_subset, config.train_eval_size, config.num_epochs = (
+        1000,
+        500,
+        500,
+        2,
+    )
     config.ema_decay = 0.9  # 20 steps: a slower average would still be mostly the initial params
     rows = sweep.train_and_evaluate(config, str(tmp_path / "deterministic"))
     assert [row["beta"] for row in rows] == [0.0]
     assert rows[0]["test_izx_bits"] == 0.0 and rows[0]["train_izx_bits"] == 0.0
-    assert rows[0]["test_error_1"] == rows[0]["test_error_mean"] == rows[0]["test_error_avg"]  # z = mean
+    assert (
+        rows[0]["test_error_1"] == rows[0]["test_error_mean"] == rows[0]["test_error_avg"]
+    )  # z = mean
     assert rows[0]["test_error_avg"] < 50.0  # it learned something in 20 steps (chance: 90%)
 
 
@@ -104,8 +142,18 @@ def test_deterministic_baseline_has_no_rate(tmp_path):
         (["--dataset=cifar10"], "mnist"),
         (["--eval_samples=0"], "eval_samples"),
         (["--num_epochs=0"], "num_epochs"),
-        (["--betas_at_once=-1"], "betas_at_once must be an integer >= 0"),
+        (["--members_at_once=-1"], "members_at_once must be an integer >= 0"),
         (["--beta=1e-3", "--betas=1e-3,1e-2"], "--beta or --betas"),
+        (["--config.task=gan"], "task must be one of ['vae', 'vib_classifier']"),
+        (["--seeds=3:3"], "--seeds must be"),
+        (["--seed=1", "--num_seeds=3"], "one of --seed, --seeds and --num_seeds"),
+        (["--sweep=rate_budget="], "--sweep must be NAME=VALUES"),
+        (["--sweep=budget=1,2"], "sweep.budget is not a hyperparameter of this task"),
+        (["--betas=1e-3,1e-3"], "sweep.beta must be free of duplicates"),
+        (
+            ["--config=experiments/configs/vae.py", "--train_samples=0"],
+            "train_samples must be an integer >= 1",
+        ),
     ],
 )
 def test_bad_flags_fail_before_touching_the_workdir(tmp_path, flags, message):
@@ -119,23 +167,28 @@ def test_bad_flags_fail_before_touching_the_workdir(tmp_path, flags, message):
 def test_a_workdir_of_another_run_is_refused_and_left_alone(tmp_path):
     workdir = tmp_path / "other"
     workdir.mkdir()
-    previous = {"betas": [0.5], "dataset": "mnist"}
+    previous = {"sweep": {"beta": [0.5]}, "dataset": "mnist"}
     (workdir / "config.json").write_text(json.dumps(previous))
     (workdir / "metrics.jsonl").write_text('{"epoch": 1}\n')
-    result = run_entrypoint("--config=experiments/configs/smoke.py", f"--workdir={workdir}", "--beta=1e-3",
-                            timeout=120)
+    result = run_entrypoint(
+        "--config=experiments/configs/smoke.py", f"--workdir={workdir}", "--beta=1e-3", timeout=120
+    )
     assert result.returncode != 0
-    assert "another config" in result.stderr and "betas" in result.stderr
+    assert "another config" in result.stderr and "sweep" in result.stderr
     assert json.loads((workdir / "config.json").read_text()) == previous
     assert (workdir / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
     assert sorted(os.listdir(workdir)) == ["config.json", "metrics.jsonl"]
 
 
-def test_parse_betas():
-    from experiments.sweep_beta import parse_betas
+def test_parse_values_and_seeds():
+    from experiments.sweep_beta import parse_seeds, parse_values
 
-    assert parse_betas("1e-4,1e-3") == (1e-4, 1e-3)
-    np.testing.assert_allclose(parse_betas("1e-8:1:9"), [10.0**e for e in range(-8, 1)])
-    for bad in ("", "0:1:3", "1:1e-3:3", "1e-3:1:0", "x"):
-        with pytest.raises(ValueError, match="betas"):
-            parse_betas(bad)
+    assert parse_values("1e-4,1e-3", "--betas") == (1e-4, 1e-3)
+    np.testing.assert_allclose(parse_values("1e-8:1:9", "--betas"), [10.0**e for e in range(-8, 1)])
+    for bad in ("", "0:1:3", "1:1e-3:3", "1e-3:1:0", "x", "nan"):
+        with pytest.raises(ValueError, match="--betas"):
+            parse_values(bad, "--betas")
+    assert parse_seeds("0:5") == (0, 1, 2, 3, 4) and parse_seeds("3,7") == (3, 7)
+    for bad in ("", "5:5", "-1,2", "a:b"):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)

@@ -1,4 +1,6 @@
-"""Tests of vib_jax.train: schedule, EMA, noise, the sweep's equivalence to single runs, evaluation."""
+"""Tests of vib_jax.train (and the setup builder): schedules, EMA, the generic step, member keys,
+the sweep's equivalence to single runs, evaluation."""
+
 import math
 
 import jax
@@ -7,68 +9,124 @@ import numpy as np
 import optax
 import pytest
 
-from vib_jax import losses, models, parallel, train
+from experiments.configs import smoke
+from vib_jax import losses, parallel, sweep, train
+from vib_jax.tasks import vib_classifier
 
 INPUT_DIM, NUM_EXAMPLES, BATCH = 12, 96, 16
 
 
+def toy_config(**overrides):
+    """The smoke config on a small model, for the toy problem below."""
+    config = smoke.get_config()
+    config.latent_dim, config.hidden_dims, config.batch_size = 4, (16,), BATCH
+    config.learning_rate, config.ema_decay, config.train_samples, config.eval_samples = (
+        3e-3,
+        0.9,
+        2,
+        3,
+    )
+    for name, value in overrides.items():
+        config[name] = value
+    return config
+
+
 @pytest.fixture(scope="module")
-def toy_problem():
-    """A small learnable classification problem: labels are the argmax of a fixed linear map of x."""
+def toy_data():
+    """A small learnable classification problem: labels are the argmax of a fixed linear map of
+    x."""
     images = jax.random.normal(jax.random.key(0), (NUM_EXAMPLES, INPUT_DIM))
-    labels = jnp.argmax(images @ jax.random.normal(jax.random.key(1), (INPUT_DIM, 10)), axis=-1).astype(jnp.int32)
-    model = models.VIBClassifier(latent_dim=4, hidden_dims=(16,))
-    optimizer = optax.adam(3e-3, b1=0.5)
-    return images, labels, model, optimizer
+    weights = jax.random.normal(jax.random.key(1), (INPUT_DIM, 10))
+    return images, jnp.argmax(images @ weights, axis=-1).astype(jnp.int32)
 
 
-def make_step(model, optimizer, **kwargs):
-    options = dict(ema_decay=0.9, num_samples=2, label_entropy=math.log(10)) | kwargs
-    return train.make_train_step(model, optimizer, **options)
+def vib_task(config, images, labels):
+    return vib_classifier.build(config, sweep.data_info(config, images, labels))
 
 
 def test_learning_rate_schedule_is_the_papers_staircase():
     schedule = train.learning_rate_schedule(1e-4, 0.97, decay_epochs=2, steps_per_epoch=600)
-    for step, expected in [(0, 1e-4), (1199, 1e-4), (1200, 0.97e-4), (2399, 0.97e-4), (2400, 0.97**2 * 1e-4),
-                           (120_000 - 1, 0.97**99 * 1e-4)]:
+    for step, expected in [
+        (0, 1e-4),
+        (1199, 1e-4),
+        (1200, 0.97e-4),
+        (2399, 0.97e-4),
+        (2400, 0.97**2 * 1e-4),
+        (120_000 - 1, 0.97**99 * 1e-4),
+    ]:
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-5)
 
 
-def test_ema_follows_its_recursion_from_the_initial_params(toy_problem):
-    images, labels, model, optimizer = toy_problem
-    decay = 0.9
-    step = jax.jit(make_step(model, optimizer, ema_decay=decay))
-    state = train.create_train_state(model, optimizer, jax.random.key(2), INPUT_DIM)
+def test_iwae_schedule_runs_3_to_the_i_epochs_per_stage():
+    schedule = train.iwae_schedule(1e-3, steps_per_epoch=10)
+    starts = np.cumsum([0] + [3**i for i in range(8)])  # 0, 1, 4, 13, ..., 1093, 3280 epochs
+    for stage, start in enumerate(starts[:8]):
+        expected = 1e-3 * 10 ** (-stage / 7)
+        assert float(schedule(start * 10)) == pytest.approx(expected, rel=1e-5)
+        if stage < 7:
+            assert float(schedule(starts[stage + 1] * 10 - 1)) == pytest.approx(expected, rel=1e-5)
+    assert float(schedule(10_000 * 10)) == pytest.approx(1e-4, rel=1e-5)  # the last rate stays
+
+
+def test_ema_follows_its_recursion_from_the_initial_params(toy_data):
+    images, labels = toy_data
+    config, decay = toy_config(), 0.9
+    task = vib_task(config, images, labels)
+    step = jax.jit(train.make_train_step(task.update, decay, train.Collectives()))
+    state = task.init(jax.random.key(2))
     expected = state.params
     batch = train.Batch(images[:BATCH], labels[:BATCH], jnp.arange(BATCH, dtype=jnp.int32))
+    hparams = {"beta": jnp.float32(1e-3), "rate_budget": jnp.float32(0.0)}
     for _ in range(4):
-        state, _ = step(state, batch, jax.random.key(3), 1e-3)
-        expected = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, expected, state.params)
+        state, _ = step(state, batch, jax.random.key(3), hparams)
+        expected = jax.tree_util.tree_map(
+            lambda e, p: decay * e + (1 - decay) * p, expected, state.params
+        )
     assert int(state.step) == 4
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state.ema_params, expected)
-    changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), state.ema_params, state.params)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+        state.ema_params,
+        expected,
+    )
+    changed = jax.tree_util.tree_map(
+        lambda a, b: not np.allclose(a, b), state.ema_params, state.params
+    )
     assert any(jax.tree_util.tree_leaves(changed))  # the average lags the params
 
 
-def test_train_step_applies_adam_to_the_gradient_of_vib_loss(toy_problem):
-    images, labels, model, optimizer = toy_problem
-    state = train.create_train_state(model, optimizer, jax.random.key(4), INPUT_DIM)
+@pytest.mark.parametrize("rate_budget", [0.0, 50.0])
+def test_vib_step_applies_adam_to_the_gradient_of_vib_loss(toy_data, rate_budget):
+    images, labels = toy_data
+    config = toy_config()
+    task = vib_task(config, images, labels)
+    model = vib_classifier.model_from_config(config, 10)
+    optimizer = train.make_optimizer(config, NUM_EXAMPLES // BATCH)
+    state = task.init(jax.random.key(4))
     ids = jnp.arange(BATCH, dtype=jnp.int32)
     noise_key, beta = jax.random.key(5), 0.5
-    new_state, metrics = make_step(model, optimizer)(state, train.Batch(images[:BATCH], labels[:BATCH], ids),
-                                                     noise_key, beta)
+    hparams = {"beta": jnp.float32(beta), "rate_budget": jnp.float32(rate_budget)}
+    step = train.make_train_step(task.update, 0.9, train.Collectives())
+    new_state, metrics = step(
+        state, train.Batch(images[:BATCH], labels[:BATCH], ids), noise_key, hparams
+    )
 
     def reference_loss(params):
-        out_mean, out_stddev = model.apply(params, images[:BATCH], method=model.encode)
-        z = train.sample_latents(jax.random.fold_in(noise_key, 0), ids, out_mean, out_stddev, 2)
+        mean, stddev = model.apply(params, images[:BATCH], method=model.encode)
+        z = train.sample_latents(jax.random.fold_in(noise_key, 0), ids, mean, stddev, 2)
         logits = model.apply(params, z, method=model.decode)
-        return losses.vib_loss(logits, labels[:BATCH], losses.kl_divergence(out_mean, out_stddev), beta)[0]
+        rate = losses.kl_divergence(mean, stddev)
+        return losses.vib_loss(logits, labels[:BATCH], rate, beta, rate_budget=rate_budget)[0]
 
     loss, grads = jax.value_and_grad(reference_loss)(state.params)
     updates, _ = optimizer.update(grads, optimizer.init(state.params), state.params)
     expected = optax.apply_updates(state.params, updates)
     assert float(metrics["loss"]) == pytest.approx(float(loss), rel=1e-6)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_state.params, expected)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_state.params, expected
+    )
+    # The hinge frees the rate below the budget: with C = 50 nats (above this rate) no penalty is
+    # left.
+    assert (float(metrics["penalty"]) == 0.0) == (rate_budget > float(metrics["rate"]))
 
 
 def test_noise_of_an_example_does_not_depend_on_how_the_batch_is_split():
@@ -76,60 +134,95 @@ def test_noise_of_an_example_does_not_depend_on_how_the_batch_is_split():
     stddev = jnp.full((8, 3), 0.5)
     ids = jnp.arange(100, 108, dtype=jnp.int32)
     whole = train.sample_latents(jax.random.key(1), ids, mean, stddev, 5)
-    halves = [train.sample_latents(jax.random.key(1), ids[s], mean[s], stddev[s], 5) for s in (slice(0, 4), slice(4, 8))]
+    halves = [
+        train.sample_latents(jax.random.key(1), ids[s], mean[s], stddev[s], 5)
+        for s in (slice(0, 4), slice(4, 8))
+    ]
     assert whole.shape == (5, 8, 3)
     np.testing.assert_array_equal(whole, jnp.concatenate(halves, axis=1))
     assert not np.allclose(whole[:, 0], whole[:, 1])  # examples get different noise
 
 
-def test_member_noise_key_depends_on_the_beta_value_only():
-    key = jax.random.key(0)
-    swept = jax.vmap(train.member_noise_key, in_axes=(None, 0))(key, jnp.array([1e-3, 1e-2]))
-    alone = train.member_noise_key(key, 1e-2)
-    np.testing.assert_array_equal(jax.random.key_data(swept[1]), jax.random.key_data(alone))
-    assert not np.array_equal(jax.random.key_data(swept[0]), jax.random.key_data(swept[1]))
+def test_member_keys_depend_on_the_seed_and_the_swept_values_only():
+    data = lambda key: np.asarray(jax.random.key_data(key))
+    a = train.member_keys(0, {"beta": 1e-3, "rate_budget": 2.0})
+    same = train.member_keys(
+        0, {"rate_budget": 2.0, "beta": 1e-3}
+    )  # the order of the names is irrelevant
+    for x, y in zip(a, same):
+        np.testing.assert_array_equal(data(x), data(y))
+    other_beta = train.member_keys(0, {"beta": 1e-2, "rate_budget": 2.0})
+    other_seed = train.member_keys(1, {"beta": 1e-3, "rate_budget": 2.0})
+    assert not np.array_equal(data(a.noise), data(other_beta.noise))
+    np.testing.assert_array_equal(
+        data(a.init), data(other_beta.init)
+    )  # same seed: same init and order
+    np.testing.assert_array_equal(data(a.shuffle), data(other_beta.shuffle))
+    assert not np.array_equal(data(a.init), data(other_seed.init))
+    assert not np.array_equal(data(a.shuffle), data(other_seed.shuffle))
 
 
 @pytest.fixture(scope="module")
-def run_sweep(toy_problem):
-    """`run_sweep(betas, epochs, betas_at_once)` -> (stacked states, last epoch's metrics)."""
-    images, labels, model, optimizer = toy_problem
+def run_sweep(toy_data):
+    """`run_sweep(seeds, betas, members_at_once, epochs)` -> (stacked states, last epoch's metrics),
+    through the driver's own builder."""
+    images, labels = toy_data
     mesh = parallel.make_mesh(1)
-    make_epoch = lambda axis_name: train.make_train_epoch(make_step(model, optimizer, axis_name=axis_name))
-    initial = train.create_train_state(model, optimizer, jax.random.key(6), INPUT_DIM)
 
-    def run(betas, epochs=2, betas_at_once=0):
-        run_epoch = parallel.compile_sweep_epoch(make_epoch, mesh, NUM_EXAMPLES, BATCH, betas_at_once)
-        betas = jnp.asarray(betas, jnp.float32)
-        noise_keys = jax.vmap(train.member_noise_key, in_axes=(None, 0))(jax.random.key(7), betas)
-        states = train.stack_states(initial, len(betas))
-        for epoch in range(epochs):
-            states, metrics = run_epoch(states, images, labels, jax.random.fold_in(jax.random.key(8), epoch),
-                                        noise_keys, betas)
+    def run(seeds, betas, members_at_once=0, epochs=2):
+        config = toy_config(seeds=tuple(seeds), members_at_once=members_at_once)
+        config.sweep.beta = tuple(betas)
+        setup = sweep.build_setup(config, mesh, images, labels)
+        states = setup.states
+        for epoch in range(1, epochs + 1):
+            states, metrics = setup.run_epoch(states, epoch)
         return states, metrics
 
     return run
 
 
-@pytest.mark.parametrize("betas_at_once", [1, 2, 3])  # one at a time, groups of 2 and 1, all vmapped
-def test_sweep_members_equal_single_runs(run_sweep, betas_at_once):
-    betas = [0.0, 1e-3, 1e-1]
-    swept, swept_metrics = run_sweep(betas, betas_at_once=betas_at_once)
-    for m, beta in enumerate(betas):
-        single, single_metrics = run_sweep([beta])
+SEEDS, BETAS = (0, 1, 2), (0.0, 1e-1)
+
+
+@pytest.fixture(scope="module")
+def single_runs(run_sweep):
+    """Each (seed, beta) trained alone."""
+    return {(seed, beta): run_sweep([seed], [beta]) for seed in SEEDS for beta in BETAS}
+
+
+@pytest.mark.parametrize("members_at_once", [1, 2, 6])  # one at a time, groups of 2, all vmapped
+def test_sweep_members_equal_single_runs(run_sweep, single_runs, members_at_once):
+    swept, swept_metrics = run_sweep(SEEDS, BETAS, members_at_once)
+    members = [(s, b) for s in SEEDS for b in BETAS]  # seeds outermost
+    for m, (seed, beta) in enumerate(members):
+        single, single_metrics = single_runs[seed, beta]
         member = jax.tree_util.tree_map(lambda leaf: leaf[m], swept)
-        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b[0], rtol=2e-5, atol=2e-6), member, single)
-        assert float(swept_metrics["loss"][m]) == pytest.approx(float(single_metrics["loss"][0]), rel=1e-5)
-    # Betas matter: the members differ, and a larger beta gives a smaller rate.
-    assert swept_metrics["rate"][2] < swept_metrics["rate"][0]
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b[0], rtol=2e-5, atol=2e-6), member, single
+        )
+        assert float(swept_metrics["loss"][m]) == pytest.approx(
+            float(single_metrics["loss"][0]), rel=1e-5
+        )
+    # Seeds and betas matter: seeds give other inits, and a larger beta gives a smaller rate.
+    assert not np.allclose(
+        swept.params["params"]["encoder"]["hidden_0"]["kernel"][0],
+        swept.params["params"]["encoder"]["hidden_0"]["kernel"][2],
+    )
+    assert swept_metrics["rate"][1] < swept_metrics["rate"][0]
 
 
-def test_evaluate_matches_a_direct_computation_with_padding(toy_problem):
-    images, labels, model, optimizer = toy_problem
-    params = train.create_train_state(model, optimizer, jax.random.key(9), INPUT_DIM).params
-    chunks = train.chunk_split(images[:50], labels[:50], chunk_size=16, num_classes=10)  # 4 chunks, 14 padded
+def test_evaluate_matches_a_direct_computation_with_padding(toy_data):
+    images, labels = toy_data
+    config = toy_config()
+    task = vib_task(config, images, labels)
+    model = vib_classifier.model_from_config(config, 10)
+    params = task.init(jax.random.key(9)).params
+    chunks = train.chunk_split(
+        images[:50], labels[:50], chunk_size=16, num_classes=10
+    )  # 4 chunks, 14 padded
     assert chunks.images.shape == (4, 16, INPUT_DIM) and float(chunks.weights.sum()) == 50
-    metrics = jax.jit(train.make_evaluate(model, num_samples=3))(params, chunks, jax.random.key(10))
+    evaluate = train.make_evaluate(task.evaluate, task.summarize, train.Collectives())
+    metrics = jax.jit(evaluate)(params, chunks, jax.random.key(10), {})
 
     mean, stddev = model.apply(params, images[:50], method=model.encode)
     z = train.sample_latents(jax.random.key(10), jnp.arange(50, dtype=jnp.int32), mean, stddev, 3)
@@ -141,13 +234,17 @@ def test_evaluate_matches_a_direct_computation_with_padding(toy_problem):
     assert float(metrics["error_1"]) == pytest.approx(np.mean(logits[0].argmax(-1) != y))
     mean_logits = np.asarray(model.apply(params, mean[None], method=model.decode)[0])
     assert float(metrics["error_mean"]) == pytest.approx(np.mean(mean_logits.argmax(-1) != y))
-    cross_entropy = -np.log(np.take_along_axis(probs, np.broadcast_to(y, (3, 50))[..., None], -1)).mean()
+    cross_entropy = -np.log(
+        np.take_along_axis(probs, np.broadcast_to(y, (3, 50))[..., None], -1)
+    ).mean()
     assert float(metrics["cross_entropy"]) == pytest.approx(cross_entropy, rel=1e-4)
     rate = float(losses.kl_divergence(mean, stddev).mean())
     assert float(metrics["rate"]) == pytest.approx(rate, rel=1e-5)
     frequencies = np.bincount(y, minlength=10) / 50
     label_entropy = -np.sum(frequencies[frequencies > 0] * np.log(frequencies[frequencies > 0]))
-    assert float(metrics["izy_bound_bits"]) == pytest.approx((label_entropy - cross_entropy) / math.log(2), rel=1e-4)
+    assert float(metrics["izy_bound_bits"]) == pytest.approx(
+        (label_entropy - cross_entropy) / math.log(2), rel=1e-4
+    )
     assert float(metrics["izx_bound_bits"]) == pytest.approx(rate / math.log(2), rel=1e-5)
 
 
@@ -162,7 +259,7 @@ def test_members_at_once():
     assert parallel.members_at_once(0, mesh, num_members=8) == 1  # CPU: one at a time
     assert parallel.members_at_once(3, mesh, num_members=8) == 3
     assert parallel.members_at_once(20, mesh, num_members=8) == 8
-    with pytest.raises(ValueError, match="betas_at_once"):
+    with pytest.raises(ValueError, match="members_at_once"):
         parallel.members_at_once(-1, mesh, num_members=8)
 
 
@@ -179,7 +276,9 @@ def test_map_over_members_maps_the_swept_arguments_only(at_once):
 
 
 def test_choose_num_devices():
-    assert parallel.choose_num_devices(0, (100, 1000), available=8) == 5  # 5 divides both; 6, 7, 8 do not
+    assert (
+        parallel.choose_num_devices(0, (100, 1000), available=8) == 5
+    )  # 5 divides both; 6, 7, 8 do not
     assert parallel.choose_num_devices(0, (128, 1000), available=8) == 8
     assert parallel.choose_num_devices(2, (100,), available=8) == 2
     with pytest.raises(ValueError, match="num_devices"):

@@ -1,12 +1,14 @@
 """The mathematics of the variational information bottleneck, as pure functions of arrays.
 
 Everything here is in nats and composes with `jax.jit`, `jax.grad`, `jax.vmap` and `jax.shard_map`.
-Shapes follow the project convention: batch-major `[B, ...]`, a Monte-Carlo axis (when present) leads
-as `[S, B, ...]`, and the latent or event axis is the last one.
+Shapes follow the project convention: batch-major `[B, ...]`, a Monte-Carlo axis (when present)
+leads as `[S, B, ...]`, and the latent or event axis is the last one.
 
-Argument checks that depend only on shapes (or on Python numbers) raise `ValueError` even under `jit`;
-checks on values are skipped when the value is a tracer (e.g. a beta that is vmapped over in a sweep).
+Argument checks that depend only on shapes (or on Python numbers) raise `ValueError` even under
+`jit`; checks on values are skipped when the value is a tracer (e.g. a beta that is vmapped over in
+a sweep).
 """
+
 from __future__ import annotations
 
 import math
@@ -54,7 +56,9 @@ def _check_same_shape(**arrays) -> None:
 # Sampling and Gaussian densities.
 
 
-def reparameterize(rng: jax.Array, mean: jax.Array, stddev: jax.Array, num_samples: int = 1) -> jax.Array:
+def reparameterize(
+    rng: jax.Array, mean: jax.Array, stddev: jax.Array, num_samples: int = 1
+) -> jax.Array:
     """Samples z ~ N(mean, diag(stddev^2)) by the reparameterisation z = mean + stddev * eps.
 
     Args:
@@ -75,8 +79,9 @@ def reparameterize(rng: jax.Array, mean: jax.Array, stddev: jax.Array, num_sampl
 def gaussian_log_prob(x: jax.Array, mean: jax.Array, stddev: jax.Array) -> jax.Array:
     """log N(x; mean, diag(stddev^2)), summed over the last axis, in nats.
 
-    Serves both as a posterior/marginal density of latents and as the Gaussian log-likelihood of data
-    under a decoder (the beta-VAE with Gaussian outputs). Arguments broadcast against each other.
+    Serves both as a posterior/marginal density of latents and as the Gaussian log-likelihood of
+    data under a decoder (the beta-VAE with Gaussian outputs). Arguments broadcast against each
+    other.
 
     Args:
       x: `[..., D]` points.
@@ -91,7 +96,8 @@ def gaussian_log_prob(x: jax.Array, mean: jax.Array, stddev: jax.Array) -> jax.A
 
 
 def standard_normal_log_prob(z: jax.Array) -> jax.Array:
-    """log N(z; 0, I) summed over the last axis, in nats: `[..., K] -> [...]`. The default marginal r(z)."""
+    """log N(z; 0, I) summed over the last axis, in nats: `[..., K] -> [...]`. The default marginal
+    r(z)."""
     return jnp.sum(-0.5 * jnp.square(z) - _HALF_LOG_2PI, axis=-1)
 
 
@@ -103,9 +109,10 @@ def kl_divergence(
 ) -> jax.Array:
     """Closed-form KL( N(mean, stddev^2) || N(prior_mean, prior_stddev^2) ) of diagonal Gaussians.
 
-    Per latent dimension, with u = log(stddev / prior_stddev) and d = (mean - prior_mean) / prior_stddev,
-    KL = (expm1(2u) - 2u + d^2) / 2. Working with u keeps it finite and accurate for stddev from 1e-8 to
-    1e3 (no ratio of squares that over- or underflows) and exact to rounding when q is close to the prior.
+    Per latent dimension, with u = log(stddev / prior_stddev) and
+    d = (mean - prior_mean) / prior_stddev, KL = (expm1(2u) - 2u + d^2) / 2. Working with u keeps it
+    finite and accurate for stddev from 1e-8 to 1e3 (no ratio of squares that over- or underflows)
+    and exact to rounding when q is close to the prior.
 
     Args:
       mean: `[..., K]` posterior means.
@@ -118,7 +125,9 @@ def kl_divergence(
     """
     _check_same_shape(mean=mean, stddev=stddev)
     log_ratio = jnp.log(stddev) - jnp.log(prior_stddev)
-    scale_term = jnp.maximum(jnp.expm1(2.0 * log_ratio) - 2.0 * log_ratio, 0.0)  # >= 0; clamps rounding
+    scale_term = jnp.maximum(
+        jnp.expm1(2.0 * log_ratio) - 2.0 * log_ratio, 0.0
+    )  # >= 0; clamps rounding
     location_term = jnp.square((mean - prior_mean) / prior_stddev)
     return 0.5 * jnp.sum(scale_term + location_term, axis=-1)
 
@@ -178,14 +187,18 @@ def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
     Returns:
       `[...]` log-likelihoods.
     """
-    return jnp.sum(x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits), axis=-1)
+    return jnp.sum(
+        x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits), axis=-1
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Objectives.
 
 
-def information_bounds(cross_entropy: jax.Array, rate: jax.Array, label_entropy: float) -> tuple[jax.Array, jax.Array]:
+def information_bounds(
+    cross_entropy: jax.Array, rate: jax.Array, label_entropy: float
+) -> tuple[jax.Array, jax.Array]:
     """The information-plane bounds in bits: I(Z;X) <= rate and I(Z;Y) >= H(Y) - cross-entropy.
 
     Args:
@@ -199,16 +212,59 @@ def information_bounds(cross_entropy: jax.Array, rate: jax.Array, label_entropy:
     return rate / LN2, (label_entropy - cross_entropy) / LN2
 
 
-def information_penalty(rate: jax.Array, beta: jax.Array | float, rate_budget: float | None = None) -> jax.Array:
-    """The IB penalty on the mean rate (nats): beta * rate, or the hinge beta * max(rate - budget, 0).
+def information_penalty(
+    rate: jax.Array, beta: jax.Array | float, rate_budget: jax.Array | float | None = None
+) -> jax.Array:
+    """The IB penalty on the mean rate (nats): beta * rate, or the hinge
+    beta * max(rate - budget, 0).
 
-    The hinge form is the "information budget" of the Variational Discriminator Bottleneck: the rate is
-    free up to `rate_budget` nats and costs beta per nat above it. It acts on the batch-mean rate, the
-    estimate of the population quantity E_x KL that bounds I(Z;X).
+    The hinge form is the "information budget" of the Variational Discriminator Bottleneck: the rate
+    is free up to `rate_budget` nats and costs beta per nat above it. It acts on the batch-mean
+    rate, the estimate of the population quantity E_x KL that bounds I(Z;X).
     """
     if rate_budget is None:
         return beta * rate
     return beta * jnp.maximum(rate - rate_budget, 0.0)
+
+
+def bottleneck_loss(
+    log_likelihood: jax.Array,
+    rate: jax.Array,
+    beta: jax.Array | float,
+    rate_budget: jax.Array | float | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The one objective of the family: E[-log p(target | z)] + beta * E[KL(q(z|x) || r(z))].
+
+    The target is the label for the VIB classifier and the input itself for the beta-VAE (y = x).
+
+    Args:
+      log_likelihood: `[S, B]` log p(target | z) per posterior sample and example, in nats (e.g.
+        `-categorical_cross_entropy` or `bernoulli_log_likelihood`).
+      rate: `[B]` per-example rate in nats (`kl_divergence` or `monte_carlo_rate`).
+      beta: >= 0, the weight of the information penalty (a scalar; may be traced, e.g. vmapped).
+      rate_budget: None for the plain penalty, or C >= 0 nats for the hinge beta * max(rate - C, 0).
+
+    Returns:
+      `(loss, metrics)`: the scalar loss in nats, and scalars `distortion` (E[-log p(target|z)]),
+      `rate` and `penalty`, in nats.
+    """
+    if jnp.ndim(log_likelihood) != 2:
+        raise ValueError(f"log_likelihood must have shape [S, B], got {jnp.shape(log_likelihood)}.")
+    batch_size = jnp.shape(log_likelihood)[1]
+    if jnp.shape(rate) != (batch_size,):
+        raise ValueError(
+            f"rate must have shape [B]=({batch_size},) to match log_likelihood, "
+            f"got {jnp.shape(rate)}."
+        )
+    if jnp.ndim(beta) != 0:
+        raise ValueError(f"beta must be a scalar, got shape {jnp.shape(beta)}.")
+    _check_nonnegative("beta", beta)
+    if rate_budget is not None:
+        _check_nonnegative("rate_budget", rate_budget)
+    distortion = -jnp.mean(log_likelihood)
+    mean_rate = jnp.mean(rate)
+    penalty = information_penalty(mean_rate, beta, rate_budget)
+    return distortion + penalty, dict(distortion=distortion, rate=mean_rate, penalty=penalty)
 
 
 def vib_loss(
@@ -217,10 +273,11 @@ def vib_loss(
     rate: jax.Array,
     beta: jax.Array | float,
     *,
-    rate_budget: float | None = None,
+    rate_budget: jax.Array | float | None = None,
     label_entropy: float | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The VIB objective: E[-log q(y|z)] + beta * E[KL(q(z|x) || r(z))].
+    """The VIB objective: E[-log q(y|z)] + beta * E[KL(q(z|x) || r(z))] (`bottleneck_loss`,
+    y = label).
 
     Args:
       logits: `[S, B, C]` decoder logits for S posterior samples of each of B examples.
@@ -231,37 +288,32 @@ def vib_loss(
       label_entropy: H(Y) in nats for the I(Z;Y) bound; default log(C), i.e. uniform labels.
 
     Returns:
-      `(loss, metrics)`: the scalar loss in nats, and scalars `loss`, `cross_entropy` and `rate` (nats),
-      `penalty` (nats), `izx_bound_bits` (I(Z;X) <= rate), `izy_bound_bits` (I(Z;Y) >= H(Y) - CE), and
-      `error`, the error rate of the softmax averaged over the S samples.
+      `(loss, metrics)`: the scalar loss in nats, and scalars `loss`, `cross_entropy` and `rate`
+      (nats), `penalty` (nats), `izx_bound_bits` (I(Z;X) <= rate),
+      `izy_bound_bits` (I(Z;Y) >= H(Y) - CE), and `error`, the error rate of the softmax averaged
+      over the S samples.
     """
     if jnp.ndim(logits) != 3:
         raise ValueError(f"logits must have shape [S, B, C], got {jnp.shape(logits)}.")
     _, batch_size, num_classes = jnp.shape(logits)
     if jnp.shape(labels) != (batch_size,):
-        raise ValueError(f"labels must have shape [B]=({batch_size},) to match logits, got {jnp.shape(labels)}.")
-    if jnp.shape(rate) != (batch_size,):
-        raise ValueError(f"rate must have shape [B]=({batch_size},) to match logits, got {jnp.shape(rate)}.")
-    if jnp.ndim(beta) != 0:
-        raise ValueError(f"beta must be a scalar, got shape {jnp.shape(beta)}.")
-    _check_nonnegative("beta", beta)
-    if rate_budget is not None:
-        _check_nonnegative("rate_budget", rate_budget)
+        raise ValueError(
+            f"labels must have shape [B]=({batch_size},) to match logits, got {jnp.shape(labels)}."
+        )
     if label_entropy is None:
         label_entropy = math.log(num_classes)
 
-    cross_entropy = jnp.mean(categorical_cross_entropy(logits, labels))
-    mean_rate = jnp.mean(rate)
-    penalty = information_penalty(mean_rate, beta, rate_budget)
-    loss = cross_entropy + penalty
-    izx, izy = information_bounds(cross_entropy, mean_rate, label_entropy)
+    log_likelihood = -categorical_cross_entropy(logits, labels)
+    loss, terms = bottleneck_loss(log_likelihood, rate, beta, rate_budget)
+    cross_entropy = terms["distortion"]
+    izx, izy = information_bounds(cross_entropy, terms["rate"], label_entropy)
     mean_probs = jnp.mean(jax.nn.softmax(logits, axis=-1), axis=0)
     error = jnp.mean(jnp.argmax(mean_probs, axis=-1) != labels)
     metrics = dict(
         loss=loss,
         cross_entropy=cross_entropy,
-        rate=mean_rate,
-        penalty=penalty,
+        rate=terms["rate"],
+        penalty=terms["penalty"],
         izx_bound_bits=izx,
         izy_bound_bits=izy,
         error=error,
@@ -284,15 +336,8 @@ def beta_vae_loss(
       `(loss, metrics)`: the scalar loss in nats, and scalars `loss`, `distortion` (E[-log p(x|z)]),
       `rate`, `elbo` (-(distortion + rate), nats) and `izx_bound_bits` (I(Z;X) <= rate).
     """
-    if jnp.ndim(log_likelihood) != 2:
-        raise ValueError(f"log_likelihood must have shape [S, B], got {jnp.shape(log_likelihood)}.")
-    batch_size = jnp.shape(log_likelihood)[1]
-    if jnp.shape(rate) != (batch_size,):
-        raise ValueError(f"rate must have shape [B]=({batch_size},) to match log_likelihood, got {jnp.shape(rate)}.")
-    _check_nonnegative("beta", beta)
-    distortion = -jnp.mean(log_likelihood)
-    mean_rate = jnp.mean(rate)
-    loss = distortion + beta * mean_rate
+    loss, terms = bottleneck_loss(log_likelihood, rate, beta)
+    distortion, mean_rate = terms["distortion"], terms["rate"]
     metrics = dict(
         loss=loss,
         distortion=distortion,
@@ -301,3 +346,26 @@ def beta_vae_loss(
         izx_bound_bits=mean_rate / LN2,
     )
     return loss, metrics
+
+
+def log_mean_exp(x: jax.Array, axis: int = 0) -> jax.Array:
+    """log(mean(exp(x), axis)), computed stably in log space (`logsumexp(x) - log n`)."""
+    return jax.scipy.special.logsumexp(x, axis=axis) - math.log(jnp.shape(x)[axis])
+
+
+def importance_weighted_bound(log_weights: jax.Array) -> jax.Array:
+    """The importance-weighted bound (IWAE; Burda et al. 2016) of each example, in nats.
+
+    With log_weights = log p(x, z_k) - log q(z_k | x) for k = 1..K samples z_k ~ q(z|x), the bound
+    log (1/K) sum_k exp(log_weights_k) <= log p(x) is the ELBO for K = 1, increases with K, and
+    tends to log p(x) as K grows.
+
+    Args:
+      log_weights: `[K, B]` log importance weights.
+
+    Returns:
+      `[B]` bounds.
+    """
+    if jnp.ndim(log_weights) != 2:
+        raise ValueError(f"log_weights must have shape [K, B], got {jnp.shape(log_weights)}.")
+    return log_mean_exp(log_weights, axis=0)

@@ -1,4 +1,6 @@
-"""Reporting: per-epoch records, the results table (errors in %, information in bits) and their files."""
+"""Reporting: per-epoch records, results tables (per member, and mean ± sd over seeds), their
+files."""
+
 from __future__ import annotations
 
 import csv
@@ -9,92 +11,108 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-RESULT_COLUMNS = (
-    "beta",
-    "epochs",
-    "test_error_avg",
-    "test_error_1",
-    "test_error_mean",
-    "train_error_avg",
-    "train_error_1",
-    "train_error_mean",
-    "train_izx_bits",
-    "train_izy_bits",
-    "test_izx_bits",
-    "test_izy_bits",
-    "train_seconds",
-)
-
 
 def member_records(prefix: str, metrics: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
-    """Splits sweep metrics `{name: [M]}` into M dicts `{prefix/name: float}`, one per sweep member."""
+    """Splits sweep metrics `{name: [M]}` into M dicts `{prefix/name: float}`, one per sweep
+    member."""
     names = sorted(metrics)
     num_members = len(np.atleast_1d(metrics[names[0]]))
-    return [{f"{prefix}/{name}": float(np.atleast_1d(metrics[name])[m]) for name in names} for m in range(num_members)]
+    return [
+        {f"{prefix}/{name}": float(np.atleast_1d(metrics[name])[m]) for name in names}
+        for m in range(num_members)
+    ]
 
 
-def epoch_records(epoch: int, betas: Sequence[float], learning_rate: float, seconds: float, **groups) -> list[dict]:
-    """One JSON-able record per beta for an epoch: its metrics groups (e.g. train_batches=, test=) flattened."""
+def epoch_records(
+    epoch: int,
+    members: Sequence[Mapping[str, float]],
+    learning_rate: float,
+    seconds: float,
+    **groups,
+) -> list[dict]:
+    """One JSON-able record per member for an epoch: the member's seed and hyperparameters, then its
+    metrics groups (e.g. train_batches=, test=) flattened."""
     per_group = [member_records(prefix, metrics) for prefix, metrics in groups.items()]
     records = []
-    for m, beta in enumerate(betas):
-        record = {"epoch": epoch, "beta": float(beta), "learning_rate": learning_rate, "epoch_seconds": seconds}
+    for m, member in enumerate(members):
+        record = {
+            "epoch": epoch,
+            **member,
+            "learning_rate": learning_rate,
+            "epoch_seconds": seconds,
+        }
         for group in per_group:
             record |= group[m]
         records.append(record)
     return records
 
 
-def result_rows(
-    betas: Sequence[float], epochs: int, train: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], seconds: float
+def seed_summary(
+    rows: Sequence[Mapping], group_columns: Sequence[str], value_columns: Sequence[str]
 ) -> list[dict]:
-    """The results table: one row per beta, errors in percent, information bounds in bits."""
-    rows = []
-    for m, beta in enumerate(betas):
-        row = {"beta": float(beta), "epochs": epochs, "train_seconds": round(seconds, 1)}
-        for split, metrics in (("train", train), ("test", test)):
-            for kind in ("avg", "1", "mean"):
-                row[f"{split}_error_{kind}"] = 100.0 * float(np.atleast_1d(metrics[f"error_{kind}"])[m])
-            row[f"{split}_izx_bits"] = float(np.atleast_1d(metrics["izx_bound_bits"])[m])
-            row[f"{split}_izy_bits"] = float(np.atleast_1d(metrics["izy_bound_bits"])[m])
-        rows.append(row)
-    return rows
+    """Mean and standard deviation (n - 1 in the denominator; 0 for one seed) of each value column
+    over the rows that share the group columns' values (the seeds of one set of hyperparameters).
+
+    Returns one dict per group, in order of first appearance: the group's values, `seeds` (n), and
+    `COLUMN_mean`, `COLUMN_std` per value column.
+    """
+    groups: dict[tuple, list[Mapping]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[c] for c in group_columns), []).append(row)
+    summary = []
+    for key, members in groups.items():
+        entry = dict(zip(group_columns, key)) | {"seeds": len(members)}
+        for column in value_columns:
+            values = np.array([float(m[column]) for m in members])
+            entry[f"{column}_mean"] = float(values.mean())
+            entry[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary.append(entry)
+    return summary
+
+
+def markdown_summary(
+    summary: Sequence[Mapping], group_columns: Sequence[str], value_columns: Sequence[str]
+) -> str:
+    """`seed_summary`'s rows as a Markdown table of `mean ± std` cells."""
+    cells = [
+        {c: row[c] for c in (*group_columns, "seeds")}
+        | {c: f"{_format(row[f'{c}_mean'])} ± {_format(row[f'{c}_std'])}" for c in value_columns}
+        for row in summary
+    ]
+    return markdown_table(cells, (*group_columns, "seeds", *value_columns))
 
 
 def _format(value) -> str:
     if isinstance(value, float):
-        return f"{value:.3g}" if value and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.2f}"
+        return (
+            f"{value:.3g}" if value and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.2f}"
+        )
     return str(value)
 
 
-def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] = RESULT_COLUMNS) -> str:
-    """Rows as a Markdown table; errors are in %, information in bits (as the column names say)."""
+def markdown_table(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
+    """Rows as a Markdown table of the given columns (units as the column names say)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_format(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def write_text(path: str, text: str) -> None:
-    """Writes `text` to `path` atomically: an old file is replaced only once the new one is complete."""
+    """Writes `text` to `path` atomically: an old file is replaced only once the new one is
+    complete."""
     temporary = f"{path}.tmp"
     with open(temporary, "w", newline="") as handle:
         handle.write(text)
     os.replace(temporary, path)
 
 
-def write_csv(path: str, rows: Sequence[Mapping], columns: Sequence[str] = RESULT_COLUMNS) -> None:
+def write_csv(path: str, rows: Sequence[Mapping], columns: Sequence[str]) -> None:
     """Writes `rows` as CSV, atomically."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
-
-
-def read_csv(path: str) -> list[dict[str, float]]:
-    """Reads a results CSV written by `write_csv`, with numbers as floats."""
-    with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
 def append_jsonl(path: str, records: Iterable[Mapping]) -> None:
@@ -115,4 +133,3 @@ def truncate_jsonl(path: str, last_epoch: int) -> None:
     kept = [r for r in read_jsonl(path) if r["epoch"] <= last_epoch]
     if os.path.exists(path):
         write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-

@@ -1,9 +1,11 @@
-"""Flax linen modules of the VIB: a Gaussian encoder q(z|x), a softmax decoder q(y|z), and the two composed.
+"""Flax linen modules of the bottleneck family: Gaussian encoders q(z|x); decoders of labels
+(softmax) and of images (Bernoulli, Gaussian); the VIB classifier and the VAE that compose them.
 
-Each module's `apply` is a pure function of an explicit params pytree, so training can vmap a whole step
-over a sweep axis of stacked params and shard it across devices. Kernels use Glorot-uniform initialisation
-and zero biases, the defaults of the TF layers in the paper's official demo.
+Each module's `apply` is a pure function of an explicit params pytree, so training can vmap a whole
+step over a sweep axis of stacked params and shard it across devices. Kernels use Glorot-uniform
+initialisation and zero biases, the defaults of the TF layers in the paper's official demo.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -15,33 +17,66 @@ import jax.numpy as jnp
 from vib_jax import losses
 
 _glorot = nn.initializers.xavier_uniform()
+ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
+
+
+def check_activation(activation: str) -> None:
+    """Raises ValueError naming `activation` unless it is a key of `ACTIVATIONS`."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+
+
+class MLP(nn.Module):
+    """Dense layers with an activation between them (none after the last): `[B, D]` ->
+    `[B, widths[-1]]`.
+
+    Attributes:
+      widths: the output width of each layer.
+      activation: a key of `ACTIVATIONS`.
+    """
+
+    widths: Sequence[int]
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for index, width in enumerate(self.widths):
+            if index:
+                x = ACTIVATIONS[self.activation](x)
+            x = nn.Dense(width, kernel_init=_glorot, name=f"dense_{index}")(x)
+        return x
 
 
 class GaussianEncoder(nn.Module):
     """The paper's encoder: an MLP (784-1024-1024 with ReLU) to the mean and stddev of q(z|x).
 
-    The stddev is softplus(pre - stddev_shift), the paper's parameterisation: it starts small (~6.7e-3 for
-    pre = 0) so training begins near the deterministic network. With `stochastic=False` the encoder has
-    only the mean head and returns a zero stddev: the deterministic baseline, z = mean.
+    The stddev is softplus(pre - stddev_shift), the paper's parameterisation: it starts small
+    (~6.7e-3 for pre = 0) so training begins near the deterministic network. With `stochastic=False`
+    the encoder has only the mean head and returns a zero stddev: the deterministic baseline,
+    z = mean.
 
     Attributes:
       latent_dim: K, the bottleneck size.
-      hidden_dims: widths of the ReLU layers.
+      hidden_dims: widths of the hidden layers.
       stochastic: whether to produce a stddev (VIB) or not (deterministic baseline).
       stddev_shift: the shift inside the softplus.
+      activation: of the hidden layers, a key of `ACTIVATIONS` (the paper: ReLU; Burda et al.:
+        tanh).
     """
 
     latent_dim: int = 256
     hidden_dims: Sequence[int] = (1024, 1024)
     stochastic: bool = True
     stddev_shift: float = 5.0
+    activation: str = "relu"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Maps images `[B, ...]` (flattened to `[B, D]`) to `(mean, stddev)`, each `[B, K]`."""
         hidden = jnp.reshape(x, (x.shape[0], -1))
         for index, width in enumerate(self.hidden_dims):
-            hidden = nn.relu(nn.Dense(width, kernel_init=_glorot, name=f"hidden_{index}")(hidden))
+            dense = nn.Dense(width, kernel_init=_glorot, name=f"hidden_{index}")
+            hidden = ACTIVATIONS[self.activation](dense(hidden))
         if not self.stochastic:
             mean = nn.Dense(self.latent_dim, kernel_init=_glorot, name="mean")(hidden)
             return mean, jnp.zeros_like(mean)
@@ -51,7 +86,8 @@ class GaussianEncoder(nn.Module):
 
 
 class CategoricalDecoder(nn.Module):
-    """Softmax decoder q(y|z): logistic regression on z. Maps `[B, K]` latents to `[B, C]` logits."""
+    """Softmax decoder q(y|z): logistic regression on z. Maps `[B, K]` latents to `[B, C]`
+    logits."""
 
     num_classes: int = 10
 
@@ -61,7 +97,8 @@ class CategoricalDecoder(nn.Module):
 
 
 class VIBOutput(NamedTuple):
-    """What the classifier returns: logits `[S, B, C]`, and the posterior's mean and stddev `[B, K]`."""
+    """What the classifier returns: logits `[S, B, C]`, and the posterior's mean and stddev
+    `[B, K]`."""
 
     logits: jax.Array
     mean: jax.Array
@@ -84,7 +121,11 @@ class VIBClassifier(nn.Module):
     def setup(self):
         self.encoder = GaussianEncoder(self.latent_dim, self.hidden_dims, self.stochastic)
         sample_mapped_decoder = nn.vmap(
-            CategoricalDecoder, variable_axes={"params": None}, split_rngs={"params": False}, in_axes=0, out_axes=0
+            CategoricalDecoder,
+            variable_axes={"params": None},
+            split_rngs={"params": False},
+            in_axes=0,
+            out_axes=0,
         )
         self.decoder = sample_mapped_decoder(self.num_classes)
 
@@ -101,6 +142,88 @@ class VIBClassifier(nn.Module):
         mean, stddev = self.encode(x)
         z = losses.reparameterize(rng, mean, stddev, num_samples)
         return VIBOutput(self.decode(z), mean, stddev)
+
+
+class ImageDecoder(nn.Module):
+    """p(x|z) over images: an MLP from latents `[..., K]` to per-pixel parameters `[..., D]`.
+
+    `likelihood="bernoulli"` returns logits (binary pixels); `"gaussian"` returns the mean, and the
+    module also holds one learned stddev per pixel (`pixel_stddev`, softplus of a parameter), for
+    grey levels in [0, 1]. Leading axes (samples, batch) pass through the dense layers unchanged.
+
+    Attributes:
+      hidden_dims: widths of the hidden layers (Burda et al.: 200, 200).
+      output_dim: D, the number of pixels.
+      likelihood: "bernoulli" or "gaussian".
+      activation: of the hidden layers, a key of `ACTIVATIONS`.
+    """
+
+    hidden_dims: Sequence[int] = (200, 200)
+    output_dim: int = 784
+    likelihood: str = "bernoulli"
+    activation: str = "tanh"
+
+    def setup(self):
+        self.net = MLP((*self.hidden_dims, self.output_dim), self.activation)
+        if self.likelihood == "gaussian":
+            self.pre_stddev = self.param("pre_stddev", nn.initializers.zeros, (self.output_dim,))
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        """Latents `[..., K]` -> logits (Bernoulli) or means (Gaussian), `[..., D]`."""
+        return self.net(z)
+
+    def pixel_stddev(self) -> jax.Array:
+        """The Gaussian likelihood's stddev per pixel, `[D]` (> 0)."""
+        return jax.nn.softplus(self.pre_stddev)
+
+
+class VAE(nn.Module):
+    """A variational autoencoder: a Gaussian encoder q(z|x) and an image decoder p(x|z).
+
+    The beta-VAE is VIB with the input as the target (y = x); the encoder is the same module as the
+    classifier's. Training code calls `encode` and `decode` to draw the noise its own way.
+
+    Attributes:
+      latent_dim: K.
+      hidden_dims: widths of the encoder's hidden layers; the decoder's are the reverse.
+      output_dim: D, the number of pixels.
+      likelihood: "bernoulli" or "gaussian" (`ImageDecoder`).
+      activation: of every hidden layer.
+      stddev_shift: the shift inside the encoder's softplus.
+    """
+
+    latent_dim: int = 50
+    hidden_dims: Sequence[int] = (200, 200)
+    output_dim: int = 784
+    likelihood: str = "bernoulli"
+    activation: str = "tanh"
+    stddev_shift: float = 0.0
+
+    def setup(self):
+        self.encoder = GaussianEncoder(
+            self.latent_dim, self.hidden_dims, True, self.stddev_shift, self.activation
+        )
+        self.decoder = ImageDecoder(
+            tuple(reversed(self.hidden_dims)), self.output_dim, self.likelihood, self.activation
+        )
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Images `[B, D]` -> `(mean, stddev)`, each `[B, K]`."""
+        return self.encoder(x)
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """Latents `[..., K]` -> pixel logits or means `[..., D]`."""
+        return self.decoder(z)
+
+    def pixel_stddev(self) -> jax.Array:
+        """The Gaussian likelihood's stddev per pixel `[D]` (only for `likelihood="gaussian"`)."""
+        return self.decoder.pixel_stddev()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Images `[B, D]` -> the decoder's output at z = the posterior mean (used to
+        initialise)."""
+        mean, _ = self.encode(x)
+        return self.decode(mean)
 
 
 def count_params(params) -> int:

@@ -1,26 +1,31 @@
 """Devices: the mesh, and the compiled sweep programs that run data-parallel over it.
 
 This is the only module that knows about devices. It takes the pure functions of `vib_jax.train` and
-transforms them: `jax.vmap` over the leading beta axis of stacked states (in groups run one after another
-inside the program where that is faster, as on CPU: see `members_at_once`), `jax.shard_map` over a 1-D
-mesh of devices (batch sharded, params replicated, gradients averaged with `jax.lax.pmean` inside the
-step), and `jax.jit` around the lot. `jax.pmap` users: `jax.shard_map` is its successor, with the same
-per-device programming model; a mesh of one device runs the same program on one device.
+transforms them: `jax.vmap` over the leading member axis of stacked states (in groups run one after
+another inside the program where that is faster, as on CPU: see `members_at_once`), `jax.shard_map`
+over a 1-D mesh of devices (batch sharded, params replicated, gradients averaged with
+`jax.lax.pmean` inside the step), and `jax.jit` around the lot. `jax.pmap` users: `jax.shard_map` is
+its successor, with the same per-device programming model; a mesh of one device runs the same
+program on one device.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vib_jax import data, train
 
 DATA_AXIS = "data"
 
 
-def choose_num_devices(requested: int, must_divide: Sequence[int], available: int | None = None) -> int:
+def choose_num_devices(
+    requested: int, must_divide: Sequence[int], available: int | None = None
+) -> int:
     """How many devices to use.
 
     Args:
@@ -33,11 +38,15 @@ def choose_num_devices(requested: int, must_divide: Sequence[int], available: in
     """
     available = jax.device_count() if available is None else available
     if requested < 0 or requested > available:
-        raise ValueError(f"num_devices must be in [0, {available}] (0: all that fit), got {requested}.")
+        raise ValueError(
+            f"num_devices must be in [0, {available}] (0: all that fit), got {requested}."
+        )
     if requested:
         bad = [size for size in must_divide if size % requested]
         if bad:
-            raise ValueError(f"num_devices={requested} must divide the batch and evaluation chunk sizes {bad}.")
+            raise ValueError(
+                f"num_devices={requested} must divide the batch and evaluation chunk sizes {bad}."
+            )
         return requested
     return max(n for n in range(1, available + 1) if all(size % n == 0 for size in must_divide))
 
@@ -48,31 +57,32 @@ def make_mesh(num_devices: int) -> Mesh:
 
 
 def members_at_once(requested: int, mesh: Mesh, num_members: int) -> int:
-    """How many sweep members each device trains at once, vmapped together; groups run one after another.
+    """How many sweep members each device trains at once, vmapped together; groups run one after
+    another.
 
     Args:
-      requested: k >= 1 for k members at once (at most `num_members`), or 0 to choose by platform: all of
-        them on an accelerator, where vmapping the sweep is what fills the device, and one at a time on CPU.
-        XLA:CPU already spreads each matrix product over the cores, and it runs the batched products of a
-        vmapped sweep slower than one model's (benchmarks/RESULTS.md).
+      requested: k >= 1 for k members at once (at most `num_members`), or 0 to choose by platform:
+        all of them on an accelerator, where vmapping the sweep is what fills the device, and one at
+        a time on CPU. XLA:CPU already spreads each matrix product over the cores, and it runs the
+        batched products of a vmapped sweep slower than one model's (benchmarks/RESULTS.md).
       mesh: the devices the sweep runs on.
-      num_members: the number of members (betas) in the sweep.
+      num_members: the number of members in the sweep.
     """
     if requested < 0:
-        raise ValueError(f"betas_at_once must be >= 0 (0: chosen by platform), got {requested}.")
+        raise ValueError(f"members_at_once must be >= 0 (0: chosen by platform), got {requested}.")
     if requested == 0:
         return 1 if mesh.devices.flat[0].platform == "cpu" else num_members
     return min(requested, num_members)
 
 
 def uses_shard_map(mesh: Mesh, at_once: int) -> bool:
-    """Whether the sweep programs run under `jax.shard_map`: always on several devices, and on one device
-    only when several members train at once (vmapped).
+    """Whether the sweep programs run under `jax.shard_map`: always on several devices, and on one
+    device only when several members train at once (vmapped).
 
-    On one device the collectives have nothing to do, and the choice is about speed alone (the numbers are
-    the same). Measured on XLA:CPU (benchmarks/RESULTS.md): one model runs faster without `shard_map`,
-    while a vmapped sweep runs faster with it, because its collective makes the batched weight gradients
-    land in the layout the optimizer reads.
+    On one device the collectives have nothing to do, and the choice is about speed alone (the
+    numbers are the same). Measured on XLA:CPU (benchmarks/RESULTS.md): one model runs faster
+    without `shard_map`, while a vmapped sweep runs faster with it, because its collective makes the
+    batched weight gradients land in the layout the optimizer reads.
     """
     return mesh.size > 1 or at_once > 1
 
@@ -96,10 +106,10 @@ def replicate(tree, mesh: Mesh):
 def compiler_options(mesh: Mesh) -> dict[str, bool]:
     """XLA options for the sweep programs on the platform of `mesh`'s devices.
 
-    On CPU: region-based copy insertion. Without it, XLA:CPU copies the first Adam moment and most weight
-    matrices at every step of a scanned epoch, to keep their old values next to their in-place updates:
-    about 30 MB of extra memory traffic per step of the paper's model (benchmarks/RESULTS.md). The option
-    changes which buffers hold what, never a number.
+    On CPU: region-based copy insertion. Without it, XLA:CPU copies the first Adam moment and most
+    weight matrices at every step of a scanned epoch, to keep their old values next to their
+    in-place updates: about 30 MB of extra memory traffic per step of the paper's model
+    (benchmarks/RESULTS.md). The option changes which buffers hold what, never a number.
     """
     if mesh.devices.flat[0].platform == "cpu":
         return {"xla_cpu_copy_insertion_use_region_analysis": True}
@@ -110,10 +120,10 @@ def map_over_members(fn: Callable, in_axes: tuple, at_once: int) -> Callable:
     """Maps `fn` over the leading sweep axis, `at_once` members at a time.
 
     The members of a group are vmapped together; the groups run one after another inside the program
-    (`jax.lax.map`). Every way gives the same numbers to float tolerance. A group of one member runs `fn`
-    itself rather than a vmap over an axis of size 1, which XLA:CPU runs measurably slower (its weight
-    gradients come out transposed and are copied). `in_axes` holds 0 (mapped) or None (shared) for each
-    positional argument.
+    (`jax.lax.map`). Every way gives the same numbers to float tolerance. A group of one member runs
+    `fn` itself rather than a vmap over an axis of size 1, which XLA:CPU runs measurably slower (its
+    weight gradients come out transposed and are copied). `in_axes` holds 0 (mapped) or None
+    (shared) for each positional argument.
     """
 
     def member_args(mapped_args, args):
@@ -128,59 +138,96 @@ def map_over_members(fn: Callable, in_axes: tuple, at_once: int) -> Callable:
             return jax.tree_util.tree_map(lambda leaf: leaf[None], fn(*member_args(squeezed, args)))
         if at_once >= num_members:
             return jax.vmap(fn, in_axes=in_axes)(*args)
-        return jax.lax.map(lambda member: fn(*member_args(member, args)), swept,
-                           batch_size=at_once if at_once > 1 else None)
+        return jax.lax.map(
+            lambda member: fn(*member_args(member, args)),
+            swept,
+            batch_size=at_once if at_once > 1 else None,
+        )
 
     return mapped
 
 
-def _sweep_program(make_fn: Callable, in_axes: tuple, mesh: Mesh, in_specs, out_specs, num_members: int,
-                   betas_at_once: int):
-    """`make_fn(axis_name)` mapped over the sweep's members and made data-parallel over `mesh`."""
-    at_once = members_at_once(betas_at_once, mesh, num_members)
-    axis_name = DATA_AXIS if uses_shard_map(mesh, at_once) else None
-    swept = map_over_members(make_fn(axis_name), in_axes, at_once)
+def _sweep_program(
+    make_fn: Callable[[train.Collectives], Callable],
+    in_axes: tuple,
+    mesh: Mesh,
+    in_specs,
+    out_specs,
+    num_members: int,
+    requested_at_once: int,
+):
+    """`make_fn(collectives)` mapped over the sweep's members and made data-parallel over `mesh`."""
+    at_once = members_at_once(requested_at_once, mesh, num_members)
+    collectives = train.Collectives(DATA_AXIS if uses_shard_map(mesh, at_once) else None)
+    swept = map_over_members(make_fn(collectives), in_axes, at_once)
     return data_parallel(swept, mesh, in_specs, out_specs, at_once)
 
 
-def compile_sweep_epoch(
-    make_train_epoch: Callable[[str | None], Callable], mesh: Mesh, num_examples: int, batch_size: int,
-    betas_at_once: int = 0,
-) -> Callable:
-    """Jits `run_epoch(states, images, labels, epoch_key, noise_keys, betas) -> (states, metrics)`.
+def _num_members(tree) -> int:
+    return jax.tree_util.tree_leaves(tree)[0].shape[0]
 
-    `make_train_epoch(axis_name)` builds the epoch function (`vib_jax.train.make_train_epoch` of a step that
-    averages over `axis_name`, or over nothing when it is None). `states` carry a leading sweep axis (one
-    member per beta) as do `noise_keys` and `betas`; `images` `[N, D]` and `labels` `[N]` are replicated.
-    The epoch's shuffled batch indices are drawn on device from `epoch_key`, and each device trains on its
-    `batch_size / devices` columns of every batch; `betas_at_once` members train at once (see
-    `members_at_once`). `states` are donated.
+
+def compile_sweep_epoch(
+    make_train_epoch: Callable[[train.Collectives], Callable],
+    mesh: Mesh,
+    num_examples: int,
+    batch_size: int,
+    requested_at_once: int = 0,
+) -> Callable:
+    """Jits `run_epoch(states, images, labels, epoch, shuffle_keys, noise_keys, hparams) -> (states,
+    metrics)`.
+
+    `make_train_epoch(collectives)` builds the epoch function (`vib_jax.train.make_train_epoch` of a
+    step whose reductions over the batch use `collectives`). `states`, `shuffle_keys`, `noise_keys`
+    and every array of the dict `hparams` carry a leading sweep axis (one entry per member);
+    `images` `[N, D]` and `labels` `[N]` are replicated, and `epoch` is an int. Each member's
+    shuffled batch indices are drawn on device from `fold_in(shuffle_key, epoch)`, and each device
+    trains on its `batch_size / devices` columns of every batch; `requested_at_once` members train
+    at once (see `members_at_once`). `states` are donated.
     """
 
-    def run_epoch(states, images, labels, epoch_key, noise_keys, betas):
-        batch_indices = data.epoch_batch_indices(epoch_key, num_examples, batch_size)
-        program = _sweep_program(make_train_epoch, (0, None, None, None, 0, 0), mesh,
-                                 in_specs=(P(), P(), P(), P(None, DATA_AXIS), P(), P()), out_specs=(P(), P()),
-                                 num_members=betas.shape[0], betas_at_once=betas_at_once)
-        return program(states, images, labels, batch_indices, noise_keys, betas)
+    def run_epoch(states, images, labels, epoch, shuffle_keys, noise_keys, hparams):
+        def member_indices(shuffle_key):
+            key = jax.random.fold_in(shuffle_key, epoch)
+            return data.epoch_batch_indices(key, num_examples, batch_size)
+
+        batch_indices = jax.vmap(member_indices)(shuffle_keys)  # [M, num_batches, B]
+        program = _sweep_program(
+            make_train_epoch,
+            (0, None, None, 0, 0, 0),
+            mesh,
+            in_specs=(P(), P(), P(), P(None, None, DATA_AXIS), P(), P()),
+            out_specs=(P(), P()),
+            num_members=_num_members(states),
+            requested_at_once=requested_at_once,
+        )
+        return program(states, images, labels, batch_indices, noise_keys, hparams)
 
     return jax.jit(run_epoch, donate_argnums=0, compiler_options=compiler_options(mesh))
 
 
-def compile_sweep_evaluate(make_evaluate: Callable[[str | None], Callable], mesh: Mesh,
-                           betas_at_once: int = 0) -> Callable:
-    """Jits `run_evaluate(params, chunks, key) -> metrics` over stacked params (leading sweep axis).
+def compile_sweep_evaluate(
+    make_evaluate: Callable[[train.Collectives], Callable], mesh: Mesh, requested_at_once: int = 0
+) -> Callable:
+    """Jits `run_evaluate(params, chunks, keys, hparams) -> metrics` over stacked params, keys and
+    hparams (leading sweep axis).
 
-    `make_evaluate(axis_name)` builds the evaluation (`vib_jax.train.make_evaluate`); every evaluation
-    chunk is split across the devices, which add their sums over `axis_name`. `betas_at_once` is as for
-    `compile_sweep_epoch`.
+    `make_evaluate(collectives)` builds the evaluation (`vib_jax.train.make_evaluate`); every
+    evaluation chunk is split across the devices, which add their sums. `requested_at_once` is as
+    for `compile_sweep_epoch`.
     """
 
-    def run_evaluate(params, chunks, key):
+    def run_evaluate(params, chunks, keys, hparams):
         chunk_specs = train.EvalChunks(*(P(None, DATA_AXIS),) * 4, P())
-        num_members = jax.tree_util.tree_leaves(params)[0].shape[0]
-        program = _sweep_program(make_evaluate, (0, None, None), mesh, in_specs=(P(), chunk_specs, P()),
-                                 out_specs=P(), num_members=num_members, betas_at_once=betas_at_once)
-        return program(params, chunks, key)
+        program = _sweep_program(
+            make_evaluate,
+            (0, None, 0, 0),
+            mesh,
+            in_specs=(P(), chunk_specs, P(), P()),
+            out_specs=P(),
+            num_members=_num_members(params),
+            requested_at_once=requested_at_once,
+        )
+        return program(params, chunks, keys, hparams)
 
     return jax.jit(run_evaluate, compiler_options=compiler_options(mesh))

@@ -1,50 +1,78 @@
-"""Figures of a sweep, drawn from its results files (no training imports): matplotlib PNGs."""
+"""Figures (matplotlib PNGs) drawn from results rows, metric records and host arrays; no training
+imports. Each function saves one figure and returns its path."""
+
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-from vib_jax import metrics  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def _beta_axis_values(rows: Sequence[dict]) -> list[float]:
-    """Betas for a log axis: a beta of 0 (deterministic or unpenalised) is drawn at a tenth of the smallest."""
+    """Betas for a log axis: a beta of 0 (deterministic or unpenalised) is drawn at a tenth of the
+    smallest."""
     positive = [r["beta"] for r in rows if r["beta"] > 0]
     floor = min(positive) / 10 if positive else 1.0
     return [r["beta"] if r["beta"] > 0 else floor for r in rows]
 
 
 def _log_scale_if_wide(axis, values: Sequence[float]) -> None:
-    """A log x-axis when the positive values span more than a decade (readable ticks otherwise: linear)."""
+    """A log x-axis when the positive values span more than a decade (readable ticks otherwise:
+    linear)."""
     positive = [v for v in values if v > 0]
     if positive and max(positive) > 10 * min(positive):
         axis.set_xscale("log")
 
 
+def _mean_and_std_by(rows: Sequence[dict], group: str, value: str) -> tuple[list, list, list]:
+    """`(group values sorted, means, standard deviations)` of `value` over the rows of each group
+    value (the seeds of a sweep; sd 0 for one row)."""
+    keys = sorted({r[group] for r in rows})
+    values = [np.array([r[value] for r in rows if r[group] == key], float) for key in keys]
+    stds = [float(v.std(ddof=1)) if len(v) > 1 else 0.0 for v in values]
+    return keys, [float(v.mean()) for v in values], stds
+
+
 def test_error_vs_beta(rows: Sequence[dict], path: str) -> str:
-    """Test error (%) against beta (log axis), for 12-sample averaging, one sample and z = mean."""
-    rows = sorted(rows, key=lambda r: r["beta"])
-    betas = _beta_axis_values(rows)
+    """Test error (%) against beta (log axis), for 12-sample averaging, one sample and z = mean; the
+    mean over seeds, with their standard deviation as error bars when there are several."""
     figure, axes = plt.subplots(figsize=(5.5, 4))
-    for key, label in (("test_error_avg", "softmax averaged over samples"), ("test_error_1", "one sample"),
-                       ("test_error_mean", "z = mean")):
-        axes.plot(betas, [r[key] for r in rows], marker="o", label=label)
-    axes.set(xscale="log", xlabel=r"$\beta$", ylabel="test error (%)", title="VIB: test error against beta")
+    for key, label in (
+        ("test_error_avg", "softmax averaged over samples"),
+        ("test_error_1", "one sample"),
+        ("test_error_mean", "z = mean"),
+    ):
+        betas, means, stds = _mean_and_std_by(rows, "beta", key)
+        x = _beta_axis_values([{"beta": b} for b in betas])
+        axes.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=label)
+    axes.set(
+        xscale="log",
+        xlabel=r"$\beta$",
+        ylabel="test error (%)",
+        title="VIB: test error against beta",
+    )
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    return _save(figure, path)
+
+
+def _save(figure, path: str, tight_layout: bool = True) -> str:
+    """Saves and closes `figure`. A colorbar spanning several axes needs a tight bounding box
+    instead of `tight_layout`."""
+    if tight_layout:
+        figure.tight_layout()
+    figure.savefig(path, dpi=120, bbox_inches=None if tight_layout else "tight")
     plt.close(figure)
     return path
 
 
 def information_plane(rows: Sequence[dict], path: str) -> str:
-    """The information plane (the paper's Fig. 1): I(Z;Y) lower bound against I(Z;X) upper bound, in bits.
+    """The information plane (the paper's Fig. 1): I(Z;Y) lower bound against I(Z;X) upper bound, in
+    bits.
 
     One point per beta, coloured by log10 beta, for the training split and the test split.
     """
@@ -55,41 +83,129 @@ def information_plane(rows: Sequence[dict], path: str) -> str:
         izx = [r[f"{split}_izx_bits"] for r in rows]
         izy = [r[f"{split}_izy_bits"] for r in rows]
         axis.plot(izx, izy, color="grey", alpha=0.5, zorder=1)
-        points = axis.scatter(izx, izy, c=betas, cmap="viridis", norm=matplotlib.colors.LogNorm(), zorder=2)
+        points = axis.scatter(
+            izx, izy, c=betas, cmap="viridis", norm=matplotlib.colors.LogNorm(), zorder=2
+        )
         _log_scale_if_wide(axis, izx)
         axis.set(xlabel="I(Z;X) upper bound: rate (bits)", title=f"information plane, {split}")
         axis.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("I(Z;Y) lower bound: H(Y) - CE (bits)")
     figure.colorbar(points, ax=axes, label=r"$\beta$")
-    figure.savefig(path, dpi=120, bbox_inches="tight")  # the colorbar spans both axes: no tight_layout
-    plt.close(figure)
-    return path
+    return _save(figure, path, tight_layout=False)
 
 
-def learning_curves(records: Sequence[dict], path: str) -> str:
-    """Test error (12-sample average, %) against epoch, one line per beta, from metrics.jsonl records."""
+def member_label(record: dict, keys: Sequence[str]) -> str:
+    """A short label of a sweep member from its record's values of `keys`, e.g.
+    'beta=0.001 seed=1'."""
+    return " ".join(f"{k}={record[k]:g}" for k in keys)
+
+
+def learning_curves(
+    records: Sequence[dict], metric: str, ylabel: str, path: str, scale: float = 1.0
+) -> str:
+    """`metric` (times `scale`) against epoch, one line per sweep member, from metrics.jsonl records
+    (log y-axis when the values span more than a decade)."""
+    member_keys = (
+        [
+            k
+            for k in records[0]
+            if k not in ("epoch", "learning_rate", "epoch_seconds") and "/" not in k
+        ]
+        if records
+        else []
+    )
+    varying = [k for k in member_keys if len({r[k] for r in records}) > 1]
     figure, axes = plt.subplots(figsize=(5.5, 4))
-    for beta in sorted({r["beta"] for r in records}):
-        points = [(r["epoch"], 100 * r["test/error_avg"]) for r in records if r["beta"] == beta and "test/error_avg" in r]
-        if points:
-            axes.plot(*zip(*points), label=f"beta={beta:g}")
-    axes.set(xlabel="epoch", ylabel="test error (%)", yscale="log", title="VIB: test error during training")
-    axes.yaxis.set_major_formatter(matplotlib.ticker.LogFormatter())  # 1, 10 rather than 10^0, 10^1
-    axes.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    lines: dict[tuple, list] = {}
+    for r in records:
+        if metric in r:
+            lines.setdefault(tuple(r[k] for k in member_keys), []).append(
+                (r["epoch"], scale * r[metric])
+            )
+    for key, points in lines.items():
+        axes.plot(*zip(*points), label=member_label(dict(zip(member_keys, key)), varying) or None)
+    values = [v for points in lines.values() for _, v in points]
+    if values and min(values) > 0 and max(values) > 10 * min(values):
+        axes.set_yscale("log")
+        axes.yaxis.set_major_formatter(matplotlib.ticker.LogFormatter())  # 1, 10 rather than 10^0
+        axes.yaxis.set_minor_formatter(
+            matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+        )
+    axes.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} during training")
     axes.grid(True, which="both", alpha=0.3)
+    if varying:
+        axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def rate_distortion(rows: Sequence[dict], path: str) -> str:
+    """Distortion against rate (nats) of a beta sweep's test results, one point per member coloured
+    by beta, with the line D + R = the best -ELBO of the sweep (Alemi et al. 2018's picture)."""
+    rates = np.array([r["test_rate_nats"] for r in rows])
+    distortions = np.array([r["test_distortion_nats"] for r in rows])
+    betas = _beta_axis_values(rows)
+    best = float(np.min(rates + distortions))
+    figure, axes = plt.subplots(figsize=(5.5, 4.5))
+    span = np.linspace(0.0, max(best, float(rates.max())) * 1.05, 50)
+    axes.plot(
+        span,
+        best - span,
+        color="grey",
+        linestyle="--",
+        label=f"D + R = {best:.1f} nats (best -ELBO)",
+    )
+    points = axes.scatter(
+        rates, distortions, c=betas, cmap="viridis", norm=matplotlib.colors.LogNorm(), zorder=2
+    )
+    axes.set(
+        xlabel="rate R (nats)",
+        ylabel="distortion D (nats)",
+        title="rate–distortion, test set",
+        xlim=(0, None),
+        ylim=(0, None),
+    )
+    axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    figure.colorbar(points, ax=axes, label=r"$\beta$")
+    return _save(figure, path)
 
 
-def sweep_figures(workdir: str) -> list[str]:
-    """Draws every figure of the sweep in `workdir` from its results.csv and metrics.jsonl; returns the paths."""
-    rows = metrics.read_csv(os.path.join(workdir, "results.csv"))
-    records = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-    return [
-        test_error_vs_beta(rows, os.path.join(workdir, "test_error_vs_beta.png")),
-        information_plane(rows, os.path.join(workdir, "information_plane.png")),
-        learning_curves(records, os.path.join(workdir, "learning_curves.png")),
-    ]
+def image_grid(images: np.ndarray, row_labels: Sequence[str], title: str, path: str) -> str:
+    """A grid of grey images `[rows, columns, 28, 28]` in [0, 1], each row labelled on its left."""
+    num_rows, num_columns = images.shape[:2]
+    figure, axes = plt.subplots(
+        num_rows,
+        num_columns,
+        figsize=(0.9 * num_columns + 1.2, 0.9 * num_rows + 0.4),
+        squeeze=False,
+    )
+    for i in range(num_rows):
+        for j in range(num_columns):
+            axes[i, j].imshow(images[i, j], cmap="gray", vmin=0.0, vmax=1.0)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+        axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def latent_scatter(
+    latents: np.ndarray, labels: np.ndarray, titles: Sequence[str], path: str
+) -> str:
+    """One panel per member of 2-D latents `[M, N, 2]` (posterior means), coloured by digit
+    `[N]`."""
+    num_members = latents.shape[0]
+    figure, axes = plt.subplots(1, num_members, figsize=(4 * num_members + 1, 4), squeeze=False)
+    for axis, member_latents, title in zip(axes[0], latents, titles):
+        points = axis.scatter(
+            member_latents[:, 0],
+            member_latents[:, 1],
+            c=labels,
+            cmap="tab10",
+            s=3,
+            vmin=-0.5,
+            vmax=9.5,
+        )
+        axis.set(xlabel="$z_1$", ylabel="$z_2$", title=title, aspect="equal")
+    figure.colorbar(points, ax=axes[0].tolist(), label="digit", ticks=range(10))
+    return _save(figure, path, tight_layout=False)

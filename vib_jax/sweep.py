@@ -1,35 +1,53 @@
-"""The beta-sweep driver: train several betas at once, evaluate, checkpoint, resume and write the results.
+"""The driver: train every member of a sweep at once, evaluate, checkpoint, resume, write results.
 
-`validate_config` checks every user-facing value and `check_workdir` checks that a workdir can be used, both
-before any data is loaded or file written; `train_and_evaluate` then runs the sweep as one compiled
-program per epoch (over all betas: `parallel.members_at_once` says how many at once; sharded over devices)
-and writes into the workdir:
+A sweep's members are the product of `config.seeds` and the lists of `config.sweep` (one list per
+hyperparameter the task declares, e.g. `config.sweep.beta`); every member has its own seed (its
+init, data order and noise) and hyperparameter values, and all of them train in one compiled program
+per epoch (`parallel.members_at_once` says how many at once; sharded over devices). The driver knows
+no task by name: `config.task` names the module (`vib_jax.tasks`) that supplies the functions.
+
+`preflight` checks every user-facing value and the workdir before any data is loaded or file
+written; `train_and_evaluate` then writes into the workdir:
 
 - `config.json`: the run's config (a later run in the same workdir must match it to resume);
-- `metrics.jsonl`: one record per epoch and beta (losses in nats, information in bits, errors in [0, 1]);
-- `results.csv` and `results.md`: the final table, one row per beta (errors in %, information in bits);
-- `checkpoints/`: orbax checkpoints every `checkpoint_every_epochs` epochs and at the end.
+- `metrics.jsonl`: one record per epoch and member (its seed and hyperparameters, then metrics);
+- `results.csv` and `results.md`: the final table, one row per member; with several seeds also
+  `results_summary.csv` and a table of mean ± standard deviation over the seeds in `results.md`;
+- `checkpoints/`: orbax checkpoints every `checkpoint_every_epochs` epochs and at the end;
+- the task's figures (PNG).
 """
+
 from __future__ import annotations
 
-import functools
+import itertools
 import json
 import logging
-import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from vib_jax import checkpoints, data, metrics, models, parallel, train
+from vib_jax import checkpoints, data, metrics, models, parallel, tasks, train
 
-NUM_CLASSES = 10
 # Config entries a resumed run may change: they do not alter the numbers it produces.
-RESUMABLE_CHANGES = frozenset({"num_epochs", "checkpoint_every_epochs", "num_devices", "betas_at_once", "progress"})
+RESUMABLE_CHANGES = frozenset(
+    {"num_epochs", "checkpoint_every_epochs", "num_devices", "members_at_once", "progress"}
+)
+_POSITIVE_INTS = (
+    "num_epochs",
+    "batch_size",
+    "lr_decay_epochs",
+    "eval_every_epochs",
+    "eval_chunk_size",
+    "checkpoint_every_epochs",
+)
+_NONNEGATIVE_INTS = ("train_subset", "test_subset", "train_eval_size", "num_devices")
 
 
 def _require(condition: bool, name: str, allowed: str, value: Any) -> None:
@@ -37,73 +55,220 @@ def _require(condition: bool, name: str, allowed: str, value: Any) -> None:
         raise ValueError(f"{name} must be {allowed}, got {value!r}.")
 
 
+def _is_int(value) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, np.integer, float))
+        and int(value) == value
+    )
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first config entry out of its allowed range. Cheap: no I/O."""
-    betas = tuple(config.betas)
-    _require(len(betas) > 0, "betas", "a non-empty list of floats >= 0", betas)
-    _require(all(math.isfinite(b) and b >= 0 for b in betas), "betas", "finite and >= 0", betas)
-    _require(len(set(betas)) == len(betas), "betas", "free of duplicates", betas)
+    module = tasks.load(config.task)
+    seeds = tuple(config.seeds)
+    _require(len(seeds) > 0, "seeds", "a non-empty list of integers >= 0", seeds)
+    _require(all(_is_int(s) and s >= 0 for s in seeds), "seeds", "integers >= 0", seeds)
+    _require(len(set(seeds)) == len(seeds), "seeds", "free of duplicates", seeds)
+    tasks.check_hyperparameters(module, config.sweep.to_dict())
     data.validate_dataset(config.dataset)
-    for name in ("num_epochs", "latent_dim", "train_samples", "eval_samples", "batch_size", "lr_decay_epochs",
-                 "eval_every_epochs", "eval_chunk_size", "checkpoint_every_epochs"):
-        _require(int(config[name]) == config[name] and config[name] >= 1, name, "an integer >= 1", config[name])
-    for name in ("train_subset", "test_subset", "train_eval_size", "num_devices"):
-        _require(int(config[name]) == config[name] and config[name] >= 0, name, "an integer >= 0 (0: all)", config[name])
-    _require(int(config.betas_at_once) == config.betas_at_once and config.betas_at_once >= 0, "betas_at_once",
-             "an integer >= 0 (0: all on GPU/TPU, one at a time on CPU)", config.betas_at_once)
-    _require(all(int(w) == w and w >= 1 for w in config.hidden_dims), "hidden_dims", "integers >= 1", config.hidden_dims)
+    for name in _POSITIVE_INTS:
+        _require(_is_int(config[name]) and config[name] >= 1, name, "an integer >= 1", config[name])
+    for name in _NONNEGATIVE_INTS:
+        _require(
+            _is_int(config[name]) and config[name] >= 0,
+            name,
+            "an integer >= 0 (0: all)",
+            config[name],
+        )
+    _require(
+        _is_int(config.members_at_once) and config.members_at_once >= 0,
+        "members_at_once",
+        "an integer >= 0 (0: all on GPU/TPU, one at a time on CPU)",
+        config.members_at_once,
+    )
+    _require(
+        config.lr_schedule in train.LR_SCHEDULES,
+        "lr_schedule",
+        f"one of {train.LR_SCHEDULES}",
+        config.lr_schedule,
+    )
     _require(config.learning_rate > 0, "learning_rate", "> 0", config.learning_rate)
     _require(0 < config.lr_decay_rate <= 1, "lr_decay_rate", "in (0, 1]", config.lr_decay_rate)
     _require(0 <= config.ema_decay < 1, "ema_decay", "in [0, 1)", config.ema_decay)
     for name in ("adam_b1", "adam_b2"):
         _require(0 <= config[name] < 1, name, "in [0, 1)", config[name])
+    _require(config.adam_eps > 0, "adam_eps", "> 0", config.adam_eps)
     if config.train_subset:
-        _require(config.batch_size <= config.train_subset, "batch_size", f"<= train_subset={config.train_subset}",
-                 config.batch_size)
+        _require(
+            config.batch_size <= config.train_subset,
+            "batch_size",
+            f"<= train_subset={config.train_subset}",
+            config.batch_size,
+        )
+    module.validate_config(config)
 
 
-def resolved_betas(config: ml_collections.ConfigDict) -> tuple[float, ...]:
-    """The sweep's betas; the deterministic baseline has no rate term, so it is one run at beta = 0."""
-    return (0.0,) if config.deterministic else tuple(float(b) for b in config.betas)
+def resolved_sweep(config: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
+    """The swept values per hyperparameter, as the task resolves them (`{name: (values...)}`)."""
+    module = tasks.load(config.task)
+    sweep = {name: tuple(float(v) for v in values) for name, values in config.sweep.items()}
+    resolve = getattr(module, "resolve_sweep", None)
+    return resolve(config, sweep) if resolve else sweep
+
+
+def sweep_members(config: ml_collections.ConfigDict) -> list[dict[str, float]]:
+    """One dict per member, `{"seed": s, **every hyperparameter of the task}`: seeds outermost, then
+    the product of the swept lists in the config's order; unswept hyperparameters keep their
+    default."""
+    module = tasks.load(config.task)
+    sweep = resolved_sweep(config)
+    defaults = {name: spec.default for name, spec in module.HYPERPARAMETERS.items()}
+    members = []
+    for seed in config.seeds:
+        for values in itertools.product(*sweep.values()):
+            members.append({"seed": int(seed)} | defaults | dict(zip(sweep, values)))
+    return members
 
 
 def config_record(config: ml_collections.ConfigDict) -> dict:
-    """The config as JSON-able values (tuples as lists), with the betas actually swept."""
+    """The config as JSON-able values (tuples as lists), with the sweep as the task resolves it."""
     record = json.loads(config.to_json())
-    record["betas"] = list(resolved_betas(config))
+    record["sweep"] = {name: list(values) for name, values in resolved_sweep(config).items()}
     return record
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Refuses a workdir holding a run of another config, or one already past `num_epochs`. Touches nothing."""
+    """Refuses a workdir holding a run of another config, or one already past `num_epochs`. Touches
+    nothing."""
     saved = checkpoints.saved_epochs(os.path.join(workdir, "checkpoints"))
     if saved and saved[-1] > config.num_epochs:
-        raise ValueError(f"num_epochs={config.num_epochs} is below the epoch {saved[-1]} already checkpointed in "
-                         f"workdir {workdir!r}. Use a new --workdir, or num_epochs >= {saved[-1]}.")
+        raise ValueError(
+            f"num_epochs={config.num_epochs} is below the epoch {saved[-1]} already checkpointed "
+            f"in workdir {workdir!r}. Use a new --workdir, or num_epochs >= {saved[-1]}."
+        )
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
     with open(path) as handle:
         previous = json.load(handle)
     current = config_record(config)
-    differences = sorted(k for k in set(previous) | set(current)
-                         if k not in RESUMABLE_CHANGES and previous.get(k) != current.get(k))
+    differences = sorted(
+        k
+        for k in set(previous) | set(current)
+        if k not in RESUMABLE_CHANGES and previous.get(k) != current.get(k)
+    )
     if differences:
-        listed = ", ".join(f"{k}: {previous.get(k)!r} there, {current.get(k)!r} now" for k in differences)
-        raise ValueError(f"workdir {workdir!r} holds a run with another config ({listed}). "
-                         "Use a new --workdir, or the same flags to resume that run.")
+        listed = ", ".join(
+            f"{k}: {previous.get(k)!r} there, {current.get(k)!r} now" for k in differences
+        )
+        raise ValueError(
+            f"workdir {workdir!r} holds a run with another config ({listed}). "
+            "Use a new --workdir, or the same flags to resume that run."
+        )
 
 
 def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Every check that can fail a run before it starts: the config, the data, the workdir. Writes nothing.
+    """Every check that can fail a run before it starts: the config, the data, the workdir. Writes
+    nothing.
 
     Raises:
       ValueError: a config entry out of range, or a workdir holding a run of another config.
-      FileNotFoundError: the dataset is not prepared (the message gives the command that prepares it).
+      FileNotFoundError: the dataset is not prepared (the message gives the command that prepares
+        it).
     """
     validate_config(config)
     data.check_prepared(config.dataset)
     check_workdir(config, workdir)
+
+
+class Setup(NamedTuple):
+    """A sweep ready to train: what `build_setup` returns.
+
+    task: the task's functions; members: one dict per member (seed and hyperparameters); keys: the
+    members' `train.MemberKeys`, stacked; hparams: `{name: [M] float32}`; states: the members' fresh
+    states, stacked and replicated on the mesh; run_epoch: `run_epoch(states, epoch) -> (states,
+    metrics)`, compiled (states donated); evaluate and final_evaluate: `(params, chunks) -> metrics`
+    over stacked params (the final one is the task's final evaluation); compile_seconds: of the
+    epoch.
+    """
+
+    task: tasks.Task
+    members: list[dict[str, float]]
+    keys: train.MemberKeys
+    hparams: dict[str, jax.Array]
+    states: train.TrainState
+    run_epoch: Callable
+    evaluate: Callable
+    final_evaluate: Callable
+    compile_seconds: float
+
+
+def data_info(config, images: jax.Array, labels: jax.Array) -> tasks.DataInfo:
+    """What the task may know of the training split `images [N, D]`, `labels [N]`."""
+    num_examples, input_dim = images.shape
+    return tasks.DataInfo(
+        num_examples=num_examples,
+        input_dim=input_dim,
+        num_classes=data.NUM_CLASSES,
+        label_entropy=float(train.label_entropy(labels, data.NUM_CLASSES)),
+        steps_per_epoch=num_examples // config.batch_size,
+    )
+
+
+def build_setup(config: ml_collections.ConfigDict, mesh: Mesh, images, labels) -> Setup:
+    """The one builder of a sweep's training: the task, the members, their fresh states and the
+    compiled programs on `mesh`, for the training split `images [N, D]`, `labels [N]`. Serves the
+    driver, the benchmark and the tests."""
+    module = tasks.load(config.task)
+    task = module.build(config, data_info(config, images, labels))
+    members = sweep_members(config)
+    swept = resolved_sweep(config)
+    keys = train.stack(
+        [train.member_keys(m["seed"], {name: m[name] for name in swept}) for m in members]
+    )
+    hparams = {
+        name: jnp.asarray([m[name] for m in members], jnp.float32)
+        for name in module.HYPERPARAMETERS
+    }
+    states = jax.vmap(task.init)(keys.init)
+    states, images, labels, keys, hparams = parallel.replicate(
+        (states, images, labels, keys, hparams), mesh
+    )
+    # The epoch donates the states: every leaf needs its own buffer (the EMA starts as the params).
+    states = jax.tree_util.tree_map(jnp.copy, states)
+
+    def make_epoch(collectives):
+        return train.make_train_epoch(
+            train.make_train_step(task.update, config.ema_decay, collectives)
+        )
+
+    epoch_program = parallel.compile_sweep_epoch(
+        make_epoch, mesh, images.shape[0], config.batch_size, config.members_at_once
+    )
+    started = time.perf_counter()
+    epoch_args = (images, labels, jnp.int32(0), keys.shuffle, keys.noise, hparams)
+    compiled_epoch = epoch_program.lower(states, *epoch_args).compile()
+    compile_seconds = time.perf_counter() - started
+
+    def run_epoch(states, epoch: int):
+        return compiled_epoch(
+            states, images, labels, jnp.int32(epoch), keys.shuffle, keys.noise, hparams
+        )
+
+    def evaluator(per_example):
+        program = parallel.compile_sweep_evaluate(
+            lambda collectives: train.make_evaluate(per_example, task.summarize, collectives),
+            mesh,
+            config.members_at_once,
+        )
+        return lambda params, chunks: program(params, chunks, keys.eval, hparams)
+
+    evaluate = evaluator(task.evaluate)
+    final_evaluate = evaluate if task.final_evaluate is None else evaluator(task.final_evaluate)
+    return Setup(
+        task, members, keys, hparams, states, run_epoch, evaluate, final_evaluate, compile_seconds
+    )
 
 
 def _load(config: ml_collections.ConfigDict) -> tuple[data.Split, data.Split]:
@@ -116,46 +281,82 @@ def _first(split: data.Split, size: int) -> data.Split:
     return data.Split(split.images[:size], split.labels[:size]) if size else split
 
 
+def _member(metrics_tree, m: int) -> dict:
+    return {name: np.asarray(value)[m] for name, value in metrics_tree.items()}
+
+
+def result_rows(setup: Setup, epochs: int, final_train, final_test, seconds: float) -> list[dict]:
+    """The results table: one row per member, its seed and hyperparameters, then the task's
+    columns."""
+    rows = []
+    for m, member in enumerate(setup.members):
+        row = dict(member) | {"epochs": epochs}
+        row |= setup.task.result_row(_member(final_train, m), _member(final_test, m))
+        rows.append(row | {"train_seconds": round(seconds, 1)})
+    return rows
+
+
+def result_columns(setup: Setup) -> tuple[str, ...]:
+    """The results table's columns: seed, the hyperparameters, epochs, the task's, train_seconds."""
+    return (*setup.members[0], "epochs", *setup.task.result_columns, "train_seconds")
+
+
+def _write_results(workdir: str, setup: Setup, rows: list[dict], num_seeds: int) -> None:
+    columns = result_columns(setup)
+    metrics.write_csv(os.path.join(workdir, "results.csv"), rows, columns)
+    text = metrics.markdown_table(rows, columns) + "\n"
+    if num_seeds > 1:
+        groups = [c for c in setup.members[0] if c != "seed"]
+        summary = metrics.seed_summary(rows, groups, setup.task.result_columns)
+        summary_columns = (
+            *groups,
+            "seeds",
+            *(f"{c}_{s}" for c in setup.task.result_columns for s in ("mean", "std")),
+        )
+        metrics.write_csv(os.path.join(workdir, "results_summary.csv"), summary, summary_columns)
+        text += (
+            f"\nMean ± standard deviation over {num_seeds} seeds:\n\n"
+            + metrics.markdown_summary(summary, groups, setup.task.result_columns)
+            + "\n"
+        )
+    metrics.write_text(os.path.join(workdir, "results.md"), text)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-    """Trains one model per beta of `config` (all at once), writes the workdir's files, returns the results rows."""
+    """Trains every member of `config`'s sweep at once, writes the workdir's files and figures,
+    returns the results rows."""
     preflight(config, workdir)
-    betas = resolved_betas(config)
     writer = jax.process_index() == 0
 
     train_split, test_split = _load(config)
-    num_train, input_dim = train_split.images.shape
-    steps_per_epoch = num_train // config.batch_size
-    num_devices = parallel.choose_num_devices(config.num_devices, (config.batch_size, config.eval_chunk_size))
+    chunk_sizes = (config.batch_size, config.eval_chunk_size)
+    num_devices = parallel.choose_num_devices(config.num_devices, chunk_sizes)
     mesh = parallel.make_mesh(num_devices)
-    logging.info("Sweep over betas %s on %d device(s), %d at once, %d steps per epoch.", betas, num_devices,
-                 parallel.members_at_once(config.betas_at_once, mesh, len(betas)), steps_per_epoch)
+    setup = build_setup(config, mesh, *train_split)
+    steps_per_epoch = train_split.images.shape[0] // config.batch_size
+    logging.info(
+        "Sweep of %d members of %d params each on %d device(s), %d at once, %d steps per epoch; "
+        "compiled in %.1f s.",
+        len(setup.members),
+        models.count_params(setup.states.params) // len(setup.members),
+        num_devices,
+        parallel.members_at_once(config.members_at_once, mesh, len(setup.members)),
+        steps_per_epoch,
+        setup.compile_seconds,
+    )
+    schedule = train.make_schedule(config, steps_per_epoch)
 
-    model = models.VIBClassifier(config.latent_dim, NUM_CLASSES, tuple(config.hidden_dims), not config.deterministic)
-    schedule = train.learning_rate_schedule(config.learning_rate, config.lr_decay_rate, config.lr_decay_epochs,
-                                            steps_per_epoch)
-    optimizer = train.make_optimizer(schedule, config.adam_b1, config.adam_b2)
-    train_chunks = train.chunk_split(*_first(train_split, config.train_eval_size), config.eval_chunk_size, NUM_CLASSES)
-    test_chunks = train.chunk_split(*test_split, config.eval_chunk_size, NUM_CLASSES)
-    step_for_axis = functools.partial(
-        train.make_train_step, model, optimizer, ema_decay=config.ema_decay,
-        num_samples=1 if config.deterministic else config.train_samples,
-        label_entropy=float(train_chunks.label_entropy),
-        rate_budget=config.rate_budget if config.rate_budget >= 0 else None)
-    run_epoch = parallel.compile_sweep_epoch(lambda axis_name: train.make_train_epoch(step_for_axis(axis_name=axis_name)),
-                                             mesh, num_train, config.batch_size, config.betas_at_once)
-    run_evaluate = parallel.compile_sweep_evaluate(
-        lambda axis_name: train.make_evaluate(model, config.eval_samples, axis_name), mesh, config.betas_at_once)
+    def chunks_of(split: data.Split):
+        chunked = train.chunk_split(*split, config.eval_chunk_size, data.NUM_CLASSES)
+        return parallel.replicate(chunked, mesh)
 
-    init_key, shuffle_key, noise_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
-    beta_array = jnp.asarray(betas, jnp.float32)
-    noise_keys = jax.vmap(train.member_noise_key, in_axes=(None, 0))(noise_key, beta_array)
-    states = train.stack_states(train.create_train_state(model, optimizer, init_key, input_dim), len(betas))
-    states, images, labels, noise_keys, beta_array, train_chunks, test_chunks = parallel.replicate(
-        (states, train_split.images, train_split.labels, noise_keys, beta_array, train_chunks, test_chunks), mesh)
+    train_chunks = chunks_of(_first(train_split, config.train_eval_size))
+    test_chunks = chunks_of(test_split)
 
     os.makedirs(workdir, exist_ok=True)
     manager = checkpoints.checkpoint_manager(os.path.join(workdir, "checkpoints"))
     metrics_path = os.path.join(workdir, "metrics.jsonl")
+    states = setup.states
     restored = checkpoints.restore_latest(manager, states)
     start_epoch, train_seconds = 0, 0.0
     if restored is not None:
@@ -163,41 +364,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         train_seconds = meta["train_seconds"]
         logging.info("Resuming from the checkpoint of epoch %d in %s.", start_epoch, workdir)
     if writer:
-        metrics.write_text(os.path.join(workdir, "config.json"), json.dumps(config_record(config), indent=2))
+        metrics.write_text(
+            os.path.join(workdir, "config.json"), json.dumps(config_record(config), indent=2)
+        )
         metrics.truncate_jsonl(metrics_path, start_epoch)
 
-    started = time.perf_counter()
-    run_epoch = run_epoch.lower(states, images, labels, shuffle_key, noise_keys, beta_array).compile()
-    logging.info("Compiled the epoch program in %.1f s.", time.perf_counter() - started)
-    progress = tqdm(range(start_epoch + 1, config.num_epochs + 1), initial=start_epoch, total=config.num_epochs,
-                    desc="epochs", unit="epoch", disable=not (config.progress and writer))
-    test_metrics = None  # the newest test evaluation, reused for the results when it is the last epoch's
+    progress = tqdm(
+        range(start_epoch + 1, config.num_epochs + 1),
+        initial=start_epoch,
+        total=config.num_epochs,
+        desc="epochs",
+        unit="epoch",
+        disable=not (config.progress and writer),
+    )
+    test_metrics = (
+        None  # the newest test evaluation, reused for the results when it is the last one
+    )
     for epoch in progress:
         started = time.perf_counter()
-        states, batch_metrics = run_epoch(states, images, labels, jax.random.fold_in(shuffle_key, epoch), noise_keys,
-                                          beta_array)
+        states, batch_metrics = setup.run_epoch(states, epoch)
         batch_metrics = jax.device_get(batch_metrics)
         epoch_seconds = time.perf_counter() - started
         train_seconds += epoch_seconds
         groups = {"train_batches": batch_metrics}
         if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
-            groups["train"] = jax.device_get(run_evaluate(states.ema_params, train_chunks, eval_key))
-            groups["test"] = test_metrics = jax.device_get(run_evaluate(states.ema_params, test_chunks, eval_key))
-            progress.set_postfix(test_error=" ".join(f"{100 * e:.2f}%" for e in groups["test"]["error_avg"]))
+            groups["train"] = jax.device_get(setup.evaluate(states.ema_params, train_chunks))
+            groups["test"] = test_metrics = jax.device_get(
+                setup.evaluate(states.ema_params, test_chunks)
+            )
+            reports = (
+                setup.task.progress(_member(test_metrics, m)) for m in range(len(setup.members))
+            )
+            progress.set_postfix(test=" ".join(reports))
         if writer:
             learning_rate = float(schedule(epoch * steps_per_epoch - 1))
-            metrics.append_jsonl(metrics_path, metrics.epoch_records(epoch, betas, learning_rate, epoch_seconds,
-                                                                     **groups))
+            records = metrics.epoch_records(
+                epoch, setup.members, learning_rate, epoch_seconds, **groups
+            )
+            metrics.append_jsonl(metrics_path, records)
         if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
             checkpoints.save(manager, epoch, states, {"train_seconds": train_seconds})
     progress.close()
 
-    full_train = train.chunk_split(*train_split, config.eval_chunk_size, NUM_CLASSES)
-    final_train = jax.device_get(run_evaluate(states.ema_params, parallel.replicate(full_train, mesh), eval_key))
-    if test_metrics is None:  # resumed at the final epoch: nothing was evaluated in this process
-        test_metrics = jax.device_get(run_evaluate(states.ema_params, test_chunks, eval_key))
-    rows = metrics.result_rows(betas, config.num_epochs, final_train, test_metrics, train_seconds)
+    final_train = jax.device_get(setup.evaluate(states.ema_params, chunks_of(train_split)))
+    if test_metrics is None or setup.task.final_evaluate is not None:
+        test_metrics = jax.device_get(setup.final_evaluate(states.ema_params, test_chunks))
+    rows = result_rows(setup, config.num_epochs, final_train, test_metrics, train_seconds)
     if writer:
-        metrics.write_csv(os.path.join(workdir, "results.csv"), rows)
-        metrics.write_text(os.path.join(workdir, "results.md"), metrics.markdown_table(rows) + "\n")
+        _write_results(workdir, setup, rows, len(config.seeds))
+        run = tasks.TrainedRun(
+            workdir=workdir,
+            config=config,
+            members=setup.members,
+            rows=rows,
+            records=metrics.read_jsonl(metrics_path),
+            ema_params=jax.device_get(states.ema_params),
+            test_images=np.asarray(test_split.images),
+            test_labels=np.asarray(test_split.labels),
+        )
+        figures = setup.task.figures(run)
+        logging.info("Wrote %s", ", ".join(figures))
     return rows

@@ -1,56 +1,75 @@
-"""Training and evaluation of the VIB classifier as pure functions, ready to be transformed.
+"""The engine's pure functions: any task's step made an epoch, its evaluation reduced over a split.
 
-`make_train_step` builds one pure step `(state, batch, noise_key, beta) -> (state, metrics)`;
-`make_train_epoch` runs a whole epoch of it with `jax.lax.scan`; `make_evaluate` computes a split's
-errors and information-plane bounds. None of them knows whether it is vmapped over a sweep of betas,
-sharded across devices (they take an optional `axis_name` to average gradients over) or jitted:
-`vib_jax.parallel` applies those transformations.
+A task (`vib_jax.tasks`) supplies `update(state, batch, key, hparams, collectives) -> (state,
+metrics)` and a per-example `evaluate`. This module wraps them: `make_train_step` adds the step's
+noise key, the step count and the EMA of the params; `make_train_epoch` runs a whole epoch with
+`jax.lax.scan`; `make_evaluate` reduces per-example metrics over a split with padding weights. None
+of them knows whether it is vmapped over sweep members, sharded across devices or jitted:
+`vib_jax.parallel` applies those transformations, and hands the functions a `Collectives` for the
+device axis (or for none).
 
-Randomness: the posterior noise of each example is drawn from `fold_in(fold_in(noise_key, step), example_id)`,
-so it depends on which example is seen at which step, not on how a batch is split across devices.
+Randomness: a member's keys are functions of its seed and its swept hyperparameters only
+(`member_keys`); the noise of each example is drawn from `fold_in(fold_in(noise_key, step),
+example_id)` (`per_example_keys`), so it does not depend on how a batch is split across devices.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from vib_jax import losses, models
+from vib_jax import losses
 
 Params = Any
+Hparams = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
 
 
 class TrainState(flax.struct.PyTreeNode):
-    """Everything that changes during training. A pytree of arrays: stack it to sweep, replicate it to shard.
+    """Everything that changes during training. A pytree of arrays: stack it to sweep, replicate it
+    to shard.
 
     Attributes:
-      step: scalar int32, the number of optimizer updates applied.
-      params: the model's params.
-      opt_state: the optimizer's state.
-      ema_params: Polyak (exponential moving) average of `params`, used for evaluation.
+      step: scalar int32, the number of updates applied.
+      params: every network's params (a task with several networks keys them by name).
+      opt_state: the optimizer state(s) of the params (one optimizer or a dict of them).
+      ema_params: Polyak (exponential moving) average of `params`, used for evaluation; the engine
+        updates it after every step.
+      variables: the task's other state, updated by its own rule rather than an optimizer (e.g. the
+        dual variable of a constrained objective); `()` when it has none.
     """
 
     step: jax.Array
     params: Params
     opt_state: optax.OptState
     ema_params: Params
+    variables: Any = ()
 
 
-class Batch(NamedTuple):
-    """A training batch: images `[B, D]` float32, labels `[B]` int32, and each example's index `[B]` int32."""
+def init_state(params: Params, optimizer: optax.GradientTransformation, variables: Any = ()):
+    """A fresh state: step 0, the optimizer's initial state, EMA params equal to the params."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_params=params,
+        variables=variables,
+    )
 
-    images: jax.Array
-    labels: jax.Array
-    example_ids: jax.Array
+
+LR_SCHEDULES = ("staircase", "iwae")
 
 
 def learning_rate_schedule(
     learning_rate: float, decay_rate: float, decay_epochs: int, steps_per_epoch: int
 ) -> optax.Schedule:
-    """The paper's schedule: `learning_rate * decay_rate ** floor(step / (decay_epochs * steps_per_epoch))`."""
+    """The VIB paper's schedule: `learning_rate * decay_rate ** floor(step / (decay_epochs *
+    steps_per_epoch))`."""
     return optax.exponential_decay(
         init_value=learning_rate,
         transition_steps=decay_epochs * steps_per_epoch,
@@ -59,107 +78,133 @@ def learning_rate_schedule(
     )
 
 
-def make_optimizer(schedule: optax.Schedule, b1: float, b2: float) -> optax.GradientTransformation:
-    """Adam with the given learning-rate schedule (the paper: b1=0.5, b2=0.999)."""
-    return optax.adam(schedule, b1=b1, b2=b2)
+def iwae_schedule(
+    learning_rate: float, steps_per_epoch: int, num_stages: int = 8
+) -> optax.Schedule:
+    """Burda et al. (2016)'s schedule: stage i = 0..7 runs 3^i epochs at `learning_rate * 10^(-i/7)`
+    (3,280 epochs in all), then the last rate stays."""
+    boundaries, epochs = {}, 0
+    for stage in range(num_stages - 1):
+        epochs += 3**stage
+        boundaries[epochs * steps_per_epoch] = 10.0 ** (-1.0 / 7.0)
+    return optax.piecewise_constant_schedule(learning_rate, boundaries)
 
 
-def create_train_state(
-    model: models.VIBClassifier, optimizer: optax.GradientTransformation, init_key: jax.Array, input_dim: int
-) -> TrainState:
-    """A fresh state: params from `init_key`, zero optimizer moments, EMA params equal to the params."""
-    params_key, dummy_noise_key = jax.random.split(init_key)
-    params = model.init(params_key, jnp.zeros((1, input_dim), jnp.float32), dummy_noise_key)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), ema_params=params)
+def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+    """The learning-rate schedule `config.lr_schedule` names (one of `LR_SCHEDULES`)."""
+    if config.lr_schedule == "iwae":
+        return iwae_schedule(config.learning_rate, steps_per_epoch)
+    return learning_rate_schedule(
+        config.learning_rate, config.lr_decay_rate, config.lr_decay_epochs, steps_per_epoch
+    )
 
 
-def stack_states(state: TrainState, num_members: int) -> TrainState:
-    """Copies one state `num_members` times along a new leading sweep axis: every beta starts alike."""
-    return jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (num_members, *jnp.shape(leaf))), state)
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Adam with the config's schedule, b1, b2 and eps (the VIB paper: lr 1e-4, b1 = 0.5,
+    b2 = 0.999)."""
+    schedule = make_schedule(config, steps_per_epoch)
+    return optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
 
-def member_noise_key(noise_key: jax.Array, beta: jax.Array) -> jax.Array:
-    """The noise stream of the sweep member with this beta: a function of the seed and beta's value only.
+class Batch(NamedTuple):
+    """A batch: images `[B, D]` float32 in [-1, 1], labels `[B]` int32, each example's index
+    `[B]`."""
 
-    Keying by the float32 bits of beta makes a beta's run the same whether it trains alone or inside a
-    sweep, wherever it stands in the list of betas.
-    """
-    beta_bits = jax.lax.bitcast_convert_type(jnp.asarray(beta, jnp.float32), jnp.uint32)
-    return jax.random.fold_in(noise_key, beta_bits)
-
-
-def sample_latents(
-    key: jax.Array, example_ids: jax.Array, mean: jax.Array, stddev: jax.Array, num_samples: int
-) -> jax.Array:
-    """Posterior samples `[S, B, K]` with each example's noise drawn from `fold_in(key, example_id)`.
-
-    Args:
-      key: the step's key.
-      example_ids: `[B]` int32 indices of the examples in their split.
-      mean, stddev: `[B, K]` posterior moments.
-      num_samples: S.
-    """
-    example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, example_ids)
-    per_example = jax.vmap(losses.reparameterize, in_axes=(0, 0, 0, None), out_axes=1)
-    return per_example(example_keys, mean, stddev, num_samples)
+    images: jax.Array
+    labels: jax.Array
+    example_ids: jax.Array
 
 
-def make_train_step(
-    model: models.VIBClassifier,
-    optimizer: optax.GradientTransformation,
-    *,
-    ema_decay: float,
-    num_samples: int,
-    label_entropy: float,
-    rate_budget: float | None = None,
-    axis_name: str | None = None,
-) -> Callable[[TrainState, Batch, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """Builds `train_step(state, batch, noise_key, beta) -> (state, metrics)`.
+@dataclasses.dataclass(frozen=True)
+class Collectives:
+    """Reductions over the whole batch, whatever the devices it is split across.
 
-    The loss is `vib_jax.losses.vib_loss` on `num_samples` posterior samples per example (the rate is the
-    closed-form KL to N(0, I); a deterministic model has no rate). With `axis_name`, the loss and metrics
-    are averaged over that mapped axis of a `shard_map` whose params are replicated (data parallelism):
-    the update equals the one on the whole batch.
-    Metrics are those of `vib_loss`, all scalars.
+    Under `jax.shard_map` with the batch split over `axis_name`, `mean` and `sum` reduce over the
+    devices and `gather` concatenates every device's rows; with `axis_name=None` (one device, no
+    shard_map) each is the identity. A task uses them where a quantity needs the global batch, e.g.
+    an MMD between the batch's latents and prior samples: `collectives.gather(z)`.
     """
 
-    def loss_fn(params, batch: Batch, step_key, beta):
-        mean, stddev = model.apply(params, batch.images, method=model.encode)
-        z = sample_latents(step_key, batch.example_ids, mean, stddev, num_samples)
-        logits = model.apply(params, z, method=model.decode)
-        rate = losses.kl_divergence(mean, stddev) if model.stochastic else jnp.zeros(mean.shape[:1])
-        loss, metrics = losses.vib_loss(
-            logits, batch.labels, rate, beta, rate_budget=rate_budget, label_entropy=label_entropy
+    axis_name: str | None = None
+
+    def mean(self, tree):
+        """The mean over devices of per-device values (means of equal-sized parts: the batch
+        mean)."""
+        return tree if self.axis_name is None else jax.lax.pmean(tree, self.axis_name)
+
+    def sum(self, tree):
+        """The sum over devices."""
+        return tree if self.axis_name is None else jax.lax.psum(tree, self.axis_name)
+
+    def gather(self, x: jax.Array) -> jax.Array:
+        """`[B_local, ...]` -> `[B, ...]`: every device's rows, in device order (the global
+        batch)."""
+        if self.axis_name is None:
+            return x
+        return jax.lax.all_gather(x, self.axis_name, axis=0, tiled=True)
+
+
+Update = Callable[[TrainState, Batch, jax.Array, Hparams, Collectives], tuple[TrainState, Metrics]]
+LossFn = Callable[[Params, Batch, jax.Array, Hparams, Collectives], tuple[jax.Array, Metrics]]
+
+
+def gradient_update(loss_fn: LossFn, optimizer: optax.GradientTransformation) -> Update:
+    """The common task update: one optimizer step on the gradient of a scalar loss.
+
+    `loss_fn(params, batch, key, hparams, collectives) -> (loss, metrics)` returns the mean over the
+    batch it sees. With the batch split over devices, this averages the loss and metrics over them
+    before differentiating: the params are replicated, so the gradient of the average is the whole
+    batch's gradient on every device (the transpose of the replication sums the devices' parts), and
+    no gradient needs a collective of its own.
+    """
+
+    def averaged_loss(params, batch, key, hparams, collectives):
+        return collectives.mean(loss_fn(params, batch, key, hparams, collectives))
+
+    def update(state: TrainState, batch, key, hparams, collectives):
+        grads, metrics = jax.grad(averaged_loss, has_aux=True)(
+            state.params, batch, key, hparams, collectives
         )
-        if axis_name is not None:
-            # The mean over devices of the per-device means is the whole batch's mean. The params are
-            # replicated, so differentiating it gives the whole batch's gradient on every device (the
-            # transpose of the replication sums the devices' contributions): no pmean of gradients.
-            loss, metrics = jax.lax.pmean((loss, metrics), axis_name)
-        return loss, metrics
-
-    def train_step(state: TrainState, batch: Batch, noise_key: jax.Array, beta: jax.Array):
-        step_key = jax.random.fold_in(noise_key, state.step)
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, step_key, beta)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - ema_decay)
-        return TrainState(state.step + 1, params, opt_state, ema_params), metrics
+        return state.replace(
+            params=optax.apply_updates(state.params, updates), opt_state=opt_state
+        ), metrics
+
+    return update
+
+
+def make_train_step(update: Update, ema_decay: float, collectives: Collectives) -> Callable:
+    """Builds `train_step(state, batch, noise_key, hparams) -> (state, metrics)` from a task's
+    update.
+
+    The update gets the step's key `fold_in(noise_key, state.step)`; the engine then counts the step
+    and moves the EMA params towards the new params by `1 - ema_decay`.
+    """
+
+    def train_step(state: TrainState, batch: Batch, noise_key: jax.Array, hparams: Hparams):
+        step_key = jax.random.fold_in(noise_key, state.step)
+        new_state, metrics = update(state, batch, step_key, hparams, collectives)
+        ema_params = optax.incremental_update(
+            new_state.params, state.ema_params, step_size=1.0 - ema_decay
+        )
+        return new_state.replace(step=state.step + 1, ema_params=ema_params), metrics
 
     return train_step
 
 
-def make_train_epoch(train_step) -> Callable:
-    """Builds `train_epoch(state, images, labels, batch_indices, noise_key, beta) -> (state, metrics)`.
+def make_train_epoch(train_step: Callable) -> Callable:
+    """Builds `train_epoch(state, images, labels, batch_indices, noise_key, hparams) ->
+    (state, metrics)`.
 
-    One `jax.lax.scan` over the rows of `batch_indices` (`[num_batches, B]` int32 indices into `images`
-    `[N, D]` and `labels` `[N]`): the whole epoch is one program, with no return to the host. Metrics are
-    the averages over the epoch's steps.
+    One `jax.lax.scan` over the rows of `batch_indices` (`[num_batches, B]` int32 indices into
+    `images` `[N, D]` and `labels` `[N]`): the whole epoch is one program, with no return to the
+    host. Metrics are the averages over the epoch's steps.
     """
 
-    def train_epoch(state, images, labels, batch_indices, noise_key, beta):
+    def train_epoch(state, images, labels, batch_indices, noise_key, hparams):
         def body(state, indices):
-            return train_step(state, Batch(images[indices], labels[indices], indices), noise_key, beta)
+            batch = Batch(images[indices], labels[indices], indices)
+            return train_step(state, batch, noise_key, hparams)
 
         state, step_metrics = jax.lax.scan(body, state, batch_indices)
         return state, jax.tree_util.tree_map(jnp.mean, step_metrics)
@@ -167,11 +212,65 @@ def make_train_epoch(train_step) -> Callable:
     return train_epoch
 
 
+def per_example_keys(key: jax.Array, example_ids: jax.Array) -> jax.Array:
+    """`[B]` keys `fold_in(key, example_id)`: an example's noise whichever device or chunk it is
+    in."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, example_ids)
+
+
+def sample_latents(
+    key: jax.Array, example_ids: jax.Array, mean: jax.Array, stddev: jax.Array, num_samples: int
+) -> jax.Array:
+    """Posterior samples `[S, B, K]` with each example's noise drawn from
+    `fold_in(key, example_id)`.
+
+    Args:
+      key: the step's key.
+      example_ids: `[B]` int32 indices of the examples in their split.
+      mean, stddev: `[B, K]` posterior moments.
+      num_samples: S.
+    """
+    per_example = jax.vmap(losses.reparameterize, in_axes=(0, 0, 0, None), out_axes=1)
+    return per_example(per_example_keys(key, example_ids), mean, stddev, num_samples)
+
+
+class MemberKeys(NamedTuple):
+    """A sweep member's keys, each a function of its seed (and, for `noise`, its swept hparams).
+
+    init: its initial params; shuffle: its data order (folded with the epoch); noise: its training
+    noise (folded with the step, then the example); eval: its evaluation noise.
+    """
+
+    init: jax.Array
+    shuffle: jax.Array
+    noise: jax.Array
+    eval: jax.Array
+
+
+def member_keys(seed: int, swept_hparams: Mapping[str, float]) -> MemberKeys:
+    """The keys of the member with this seed and these values of the swept hyperparameters.
+
+    Each value's float32 bits are folded into the noise key in the order of the names: a member's
+    run is the same alone or inside a sweep, wherever it stands in the lists of values, and two
+    members that differ only in a hyperparameter draw independent noise.
+    """
+    init, shuffle, noise, evaluation = jax.random.split(jax.random.key(seed), 4)
+    for name in sorted(swept_hparams):
+        value = jnp.asarray(swept_hparams[name], jnp.float32)
+        noise = jax.random.fold_in(noise, jax.lax.bitcast_convert_type(value, jnp.uint32))
+    return MemberKeys(init, shuffle, noise, evaluation)
+
+
+def stack(trees) -> Any:
+    """Stacks equally-shaped pytrees along a new leading sweep axis."""
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
 class EvalChunks(NamedTuple):
     """A split cut into equal chunks for evaluation, padded at the end.
 
-    images `[C, M, D]`, labels `[C, M]`, example_ids `[C, M]`, weights `[C, M]` (1 real, 0 padding), and
-    label_entropy (scalar, nats), the entropy of the split's empirical label distribution.
+    images `[C, M, D]`, labels `[C, M]`, example_ids `[C, M]`, weights `[C, M]` (1 real, 0 padding),
+    and label_entropy (scalar, nats), the entropy of the split's empirical label distribution.
     """
 
     images: jax.Array
@@ -181,8 +280,18 @@ class EvalChunks(NamedTuple):
     label_entropy: jax.Array
 
 
-def chunk_split(images: jax.Array, labels: jax.Array, chunk_size: int, num_classes: int) -> EvalChunks:
-    """Pads a split `[N, D]`, `[N]` to a multiple of `chunk_size` and reshapes it into `EvalChunks`."""
+def label_entropy(labels: jax.Array, num_classes: int) -> jax.Array:
+    """The entropy (nats) of the empirical distribution of `labels` `[N]` int in
+    [0, num_classes)."""
+    frequencies = jnp.bincount(labels, length=num_classes) / labels.shape[0]
+    return -jnp.sum(jax.scipy.special.xlogy(frequencies, frequencies))
+
+
+def chunk_split(
+    images: jax.Array, labels: jax.Array, chunk_size: int, num_classes: int
+) -> EvalChunks:
+    """Pads a split `[N, D]`, `[N]` to a multiple of `chunk_size` and reshapes it into
+    `EvalChunks`."""
     num_examples = images.shape[0]
     num_chunks = -(-num_examples // chunk_size)
     padding = num_chunks * chunk_size - num_examples
@@ -193,44 +302,36 @@ def chunk_split(images: jax.Array, labels: jax.Array, chunk_size: int, num_class
 
     example_ids = jnp.arange(num_examples, dtype=jnp.int32)
     weights = jnp.ones(num_examples, jnp.float32)
-    label_frequencies = jnp.bincount(labels, length=num_classes) / num_examples
-    label_entropy = -jnp.sum(jax.scipy.special.xlogy(label_frequencies, label_frequencies))
-    return EvalChunks(*map(pad_and_chunk, (images, labels, example_ids, weights)), label_entropy)
+    chunks = map(pad_and_chunk, (images, labels, example_ids, weights))
+    return EvalChunks(*chunks, label_entropy(labels, num_classes))
 
 
-def make_evaluate(model: models.VIBClassifier, num_samples: int, axis_name: str | None = None) -> Callable:
-    """Builds `evaluate(params, chunks: EvalChunks, key) -> metrics` for one split.
+def make_evaluate(
+    per_example: Callable[[Params, Batch, jax.Array, Hparams], Metrics],
+    summarize: Callable[[Metrics, EvalChunks], Metrics],
+    collectives: Collectives,
+) -> Callable:
+    """Builds `evaluate(params, chunks: EvalChunks, key, hparams) -> metrics` for one split.
 
-    Metrics (scalars): `error_avg` (the softmax averaged over `num_samples` posterior samples, the paper's
-    number), `error_1` (one sample), `error_mean` (z = mean), `cross_entropy` and `rate` (nats, per
-    example, averaged), and the information-plane bounds `izx_bound_bits` and `izy_bound_bits`. With
-    `axis_name`, each device evaluates its part of every chunk and the sums are added over that axis.
+    `per_example(params, batch, key, hparams)` returns metrics of shape `[B]`; their means over the
+    split's real examples (padding weighs 0) go through `summarize(means, chunks)`, which may add
+    derived metrics (e.g. bounds in bits). Chunks run one after another (`jax.lax.map`); with the
+    chunks split over devices, the sums are added over them.
     """
 
-    def chunk_sums(params, images, labels, example_ids, weights, key):
-        mean, stddev = model.apply(params, images, method=model.encode)
-        z = sample_latents(key, example_ids, mean, stddev, num_samples)
-        logits = model.apply(params, z, method=model.decode)
-        mean_logits = model.apply(params, mean[None], method=model.decode)[0]
-        averaged_probs = jnp.mean(jax.nn.softmax(logits), axis=0)
-        per_example = {
-            "error_avg": jnp.argmax(averaged_probs, -1) != labels,
-            "error_1": jnp.argmax(logits[0], -1) != labels,
-            "error_mean": jnp.argmax(mean_logits, -1) != labels,
-            "cross_entropy": jnp.mean(losses.categorical_cross_entropy(logits, labels), axis=0),
-            "rate": losses.kl_divergence(mean, stddev) if model.stochastic else jnp.zeros_like(weights),
-        }
-        sums = {name: jnp.sum(weights * value) for name, value in per_example.items()}
+    def chunk_sums(params, chunk, key, hparams):
+        images, labels, example_ids, weights = chunk
+        values = per_example(params, Batch(images, labels, example_ids), key, hparams)
+        sums = {name: jnp.sum(weights * value) for name, value in values.items()}
         return sums | {"count": jnp.sum(weights)}
 
-    def evaluate(params, chunks: EvalChunks, key):
+    def evaluate(params, chunks: EvalChunks, key, hparams):
         data = (chunks.images, chunks.labels, chunks.example_ids, chunks.weights)
-        per_chunk = jax.lax.map(lambda chunk: chunk_sums(params, *chunk, key), data)
-        totals = jax.tree_util.tree_map(lambda sums: jnp.sum(sums, axis=0), per_chunk)
-        if axis_name is not None:
-            totals = jax.lax.psum(totals, axis_name)
-        metrics = {name: value / totals["count"] for name, value in totals.items() if name != "count"}
-        izx, izy = losses.information_bounds(metrics["cross_entropy"], metrics["rate"], chunks.label_entropy)
-        return metrics | {"izx_bound_bits": izx, "izy_bound_bits": izy}
+        per_chunk = jax.lax.map(lambda chunk: chunk_sums(params, chunk, key, hparams), data)
+        totals = collectives.sum(
+            jax.tree_util.tree_map(lambda sums: jnp.sum(sums, axis=0), per_chunk)
+        )
+        means = {name: value / totals["count"] for name, value in totals.items() if name != "count"}
+        return summarize(means, chunks)
 
     return evaluate

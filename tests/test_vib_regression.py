@@ -1,0 +1,84 @@
+"""The VIB classifier gives, through the task engine, the numbers the engine before it gave.
+
+tests/data/vib_reference_21c919b.json holds the results rows and per-epoch records of three runs of
+the pre-task driver (commit 21c919b, one seed per run): seed 0 and seed 1 with betas 1e-4 and 0.1,
+and the deterministic baseline, each 2 epochs of the smoke config on a real-MNIST subset. Here seeds
+0 and 1 train in ONE sweep of 4 members: every member must match its run alone under the old engine.
+"""
+
+import json
+import os
+
+import pytest
+
+from experiments.configs import smoke
+from vib_jax import data, sweep
+
+pytestmark = pytest.mark.real_data
+REFERENCE = os.path.join(os.path.dirname(__file__), "data", "vib_reference_21c919b.json")
+ERRORS = ("error_avg", "error_1", "error_mean")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prepared_mnist():
+    if not data.is_prepared("mnist"):
+        if os.environ.get("CI"):
+            pytest.fail("MNIST is not prepared; CI must run `make data` before the tests.")
+        pytest.skip("MNIST is not prepared: run `make data`.")
+
+
+def reference_config(seeds, deterministic=False):
+    """The reference runs' config (with ema_decay 0.5, the evaluation follows the trained
+    params)."""
+    config = smoke.get_config()
+    config.progress = False
+    config.train_subset, config.test_subset, config.train_eval_size = 2000, 500, 500
+    config.num_epochs, config.checkpoint_every_epochs, config.ema_decay = 2, 2, 0.5
+    config.sweep.beta, config.seeds, config.deterministic = (1e-4, 1e-1), seeds, deterministic
+    return config
+
+
+def assert_matches(row, expected):
+    for split in ("train", "test"):
+        for name in ERRORS:  # percentages of 2000 or 500 examples: one example is 0.05 or 0.2
+            assert row[f"{split}_{name}"] == pytest.approx(expected[f"{split}_{name}"], abs=1e-4), (
+                name
+            )
+        for name in ("izx_bits", "izy_bits"):
+            key = f"{split}_{name}"
+            assert row[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-5), key
+
+
+def test_a_two_seed_sweep_reproduces_the_old_single_seed_runs(tmp_path):
+    with open(REFERENCE) as handle:
+        reference = json.load(handle)
+    rows = sweep.train_and_evaluate(reference_config((0, 1)), str(tmp_path / "sweep"))
+    assert [(r["seed"], r["beta"]) for r in rows] == [(0, 1e-4), (0, 1e-1), (1, 1e-4), (1, 1e-1)]
+    records = [json.loads(line) for line in open(tmp_path / "sweep" / "metrics.jsonl")]
+    for row in rows:
+        old = reference[f"seed{row['seed']}"]
+        assert_matches(row, next(r for r in old["rows"] if r["beta"] == row["beta"]))
+        for epoch in (1, 2):
+            new = next(
+                r
+                for r in records
+                if (r["epoch"], r["seed"], r["beta"]) == (epoch, row["seed"], row["beta"])
+            )
+            was = next(r for r in old["records"] if (r["epoch"], r["beta"]) == (epoch, row["beta"]))
+            for key in (
+                "train_batches/loss",
+                "train_batches/rate",
+                "test/cross_entropy",
+                "train/rate",
+            ):
+                assert new[key] == pytest.approx(was[key], rel=1e-4), (epoch, key)
+
+
+def test_the_deterministic_baseline_reproduces_the_old_run(tmp_path):
+    with open(REFERENCE) as handle:
+        expected = json.load(handle)["deterministic"]["rows"]
+    rows = sweep.train_and_evaluate(
+        reference_config((0,), deterministic=True), str(tmp_path / "det")
+    )
+    assert [r["beta"] for r in rows] == [0.0]
+    assert_matches(rows[0], expected[0])

@@ -1,0 +1,145 @@
+"""Tasks: one module per model family, the only place that knows a family's model and objective.
+
+A task module defines:
+
+- `HYPERPARAMETERS`: `{name: Hyperparameter}`, the numeric hyperparameters a sweep may vary per
+  member (`config.sweep.NAME = (values...)`); the others keep their default;
+- `validate_config(config)`: raises ValueError naming a bad config entry of the task; no I/O;
+- `build(config, data: DataInfo) -> Task`: the pure functions the engine transforms;
+- optionally `resolve_sweep(config, sweep) -> sweep`, to adjust the swept values (e.g. the
+  deterministic baseline has no rate, so it is one member at beta = 0).
+
+The config names its task (`config.task = "vae"`): a module of this package, or a dotted path to a
+module anywhere (`config.task = "my_project.my_task"`), so that a new family needs no change to the
+engine (`vib_jax.train`, `vib_jax.parallel`, `vib_jax.sweep`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from types import ModuleType
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from vib_jax import train
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameter:
+    """A numeric hyperparameter a sweep can vary: its default, what is allowed, what it means."""
+
+    default: float
+    allowed: str
+    is_allowed: Callable[[float], bool]
+    doc: str
+
+
+class DataInfo(NamedTuple):
+    """What a task may know of its training data when it builds its functions.
+
+    num_examples: N, training examples; input_dim: D, pixels per image; num_classes: labels' range;
+    label_entropy: H(Y) of the training labels, in nats; steps_per_epoch: N // batch size.
+    """
+
+    num_examples: int
+    input_dim: int
+    num_classes: int
+    label_entropy: float
+    steps_per_epoch: int
+
+
+class TrainedRun(NamedTuple):
+    """A finished sweep, as figures need it (host arrays).
+
+    workdir: where it was written; config: its config; members: one dict per member (`seed` and
+    every hyperparameter); rows: the results table; records: the per-epoch records of metrics.jsonl;
+    ema_params: the members' evaluation params, stacked along a leading member axis; test_images
+    `[N, D]` and test_labels `[N]`: the test split.
+    """
+
+    workdir: str
+    config: Any
+    members: Sequence[Mapping[str, float]]
+    rows: Sequence[Mapping[str, float]]
+    records: Sequence[Mapping[str, float]]
+    ema_params: Any
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A family's pure functions, built by its module's `build(config, data)`.
+
+    Attributes:
+      init: `init(key) -> TrainState`, one member's fresh state.
+      update: `update(state, batch, key, hparams, collectives) -> (state, metrics)`, one training
+        step (often `train.gradient_update(loss_fn, optimizer)`); metrics are scalars.
+      evaluate: `evaluate(params, batch, key, hparams) -> {name: [B]}` per-example metrics.
+      summarize: `summarize(means, chunks) -> metrics`: a split's metrics from the means of
+        `evaluate`'s (may add derived ones, e.g. bounds in bits).
+      result_columns: the task's columns of the results table.
+      result_row: `result_row(train_metrics, test_metrics) -> {column: float}` for one member.
+      progress: `progress(test_metrics) -> str`: the progress bar's short report of one member.
+      figures: `figures(run: TrainedRun) -> [paths]`: draws the run's PNGs into its workdir.
+      final_evaluate: per-example metrics of the final test evaluation, when it differs from
+        `evaluate` (e.g. adds an expensive likelihood estimate); None: the same as `evaluate`.
+    """
+
+    init: Callable[[jax.Array], train.TrainState]
+    update: train.Update
+    evaluate: Callable[..., train.Metrics]
+    summarize: Callable[[train.Metrics, train.EvalChunks], train.Metrics]
+    result_columns: tuple[str, ...]
+    result_row: Callable[[Mapping, Mapping], dict]
+    progress: Callable[[Mapping], str]
+    figures: Callable[[TrainedRun], list[str]]
+    final_evaluate: Callable[..., train.Metrics] | None = None
+
+
+def available() -> list[str]:
+    """The names of the task modules in this package."""
+    return sorted(
+        info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")
+    )
+
+
+def load(name: str) -> ModuleType:
+    """The task module `name`: a module of this package, or a dotted module path.
+
+    Raises:
+      ValueError: naming `task` and the available tasks, when there is no such module.
+    """
+    path = name if "." in name else f"{__name__}.{name}"
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError as error:
+        if error.name is not None and not path.startswith(error.name):
+            raise  # the task exists but something it imports does not
+        raise ValueError(
+            f"task must be one of {available()} or a dotted module path, got {name!r}."
+        ) from None
+
+
+def check_hyperparameters(module: ModuleType, sweep: Mapping[str, Sequence[float]]) -> None:
+    """Raises ValueError naming the first swept hyperparameter that is unknown to the task, empty,
+    duplicated or out of its allowed range."""
+    known = module.HYPERPARAMETERS
+    for name, values in sweep.items():
+        if name not in known:
+            raise ValueError(
+                f"sweep.{name} is not a hyperparameter of this task; it has {sorted(known)}."
+            )
+        values = tuple(values)
+        if not values:
+            raise ValueError(f"sweep.{name} must be a non-empty list of floats, got {values!r}.")
+        spec = known[name]
+        bad = [v for v in values if not (np.isfinite(v) and spec.is_allowed(float(v)))]
+        if bad:
+            raise ValueError(f"sweep.{name} values must be finite and {spec.allowed}, got {bad}.")
+        if len(set(values)) != len(values):
+            raise ValueError(f"sweep.{name} must be free of duplicates, got {values!r}.")

@@ -1,0 +1,292 @@
+"""The beta-VAE, VIB's unsupervised special case (the target is the input, y = x), as a task.
+
+Objective (`config.objective`):
+- "elbo": distortion + beta * rate, with S = `train_samples` posterior samples per example, the
+  closed-form KL to N(0, I) as the rate (`losses.beta_vae_loss`; beta = 1: the negative ELBO);
+- "iwae": the importance-weighted bound of Burda et al. (2016) with k = `train_samples` samples,
+  log-mean-exp over the sample axis of log p(x|z) - beta * (log q(z|x) - log p(z)) (beta = 1: IWAE).
+
+Likelihood (`config.likelihood`): "bernoulli" on dynamically binarised images (every step draws
+each pixel ~ Bernoulli(grey level), the standard for likelihood comparisons; evaluation uses one
+fixed binarisation of each split, the same for every seed), or "gaussian" on grey levels in [0, 1]
+with a learned stddev per pixel (its NLL is a density, not comparable with the binary one).
+
+Evaluation, in nats: distortion E[-log p(x|z)], rate KL(q(z|x) || N(0, I)), the ELBO, and, in the
+final test evaluation, the negative log-likelihood estimated by importance sampling with
+`nll_samples` samples from q(z|x) (chunks of `nll_chunk_size` samples, so that memory stays small).
+Rate and distortion are reported in bits too.
+
+Config entries read here: latent_dim, hidden_dims, activation, stddev_shift, likelihood, objective,
+train_samples, eval_samples, nll_samples, nll_chunk_size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vib_jax import data, losses, models, plots, train
+from vib_jax.tasks import DataInfo, Hyperparameter, Task, TrainedRun
+
+HYPERPARAMETERS = {
+    "beta": Hyperparameter(1.0, ">= 0", lambda v: v >= 0, "weight of the rate; 1: the ELBO"),
+}
+LIKELIHOODS = ("bernoulli", "gaussian")
+OBJECTIVES = ("elbo", "iwae")
+RESULT_COLUMNS = (
+    "test_nll_nats",
+    "test_elbo_nats",
+    "test_distortion_nats",
+    "test_rate_nats",
+    "test_distortion_bits",
+    "test_rate_bits",
+    "train_elbo_nats",
+    "train_distortion_nats",
+    "train_rate_nats",
+)
+# Every evaluation binarises a split with the same keys: the numbers of all seeds and epochs are on
+# one fixed binary test set.
+_EVAL_BINARIZATION_KEY = 0
+
+
+def validate_config(config) -> None:
+    """Raises ValueError naming the first of the task's config entries out of its range."""
+    for name in ("latent_dim", "train_samples", "eval_samples", "nll_samples", "nll_chunk_size"):
+        value = config[name]
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    if config.nll_samples % config.nll_chunk_size:
+        raise ValueError(
+            f"nll_chunk_size must divide nll_samples={config.nll_samples}, "
+            f"got {config.nll_chunk_size}."
+        )
+    if not all(int(w) == w and w >= 1 for w in config.hidden_dims):
+        raise ValueError(f"hidden_dims must be integers >= 1, got {config.hidden_dims!r}.")
+    if config.likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {config.likelihood!r}.")
+    if config.objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}.")
+    models.check_activation(config.activation)
+
+
+def model_from_config(config, input_dim: int) -> models.VAE:
+    """The VAE the config describes."""
+    return models.VAE(
+        latent_dim=config.latent_dim,
+        hidden_dims=tuple(config.hidden_dims),
+        output_dim=input_dim,
+        likelihood=config.likelihood,
+        activation=config.activation,
+        stddev_shift=config.stddev_shift,
+    )
+
+
+def binarize(key: jax.Array, example_ids: jax.Array, grey: jax.Array) -> jax.Array:
+    """Pixels `[B, D]` drawn ~ Bernoulli(grey level in [0, 1]), each example's from
+    `fold_in(key, example_id)`; float32 0/1."""
+    keys = train.per_example_keys(key, example_ids)
+    return jax.vmap(jax.random.bernoulli)(keys, grey).astype(jnp.float32)
+
+
+def model_inputs(
+    images: jax.Array, example_ids: jax.Array, key: jax.Array, likelihood: str
+) -> jax.Array:
+    """What the VAE encodes and reconstructs from images `[B, D]` in [-1, 1]: binary pixels drawn
+    with `key` (`binarize`) for the Bernoulli likelihood, grey levels in [0, 1] for the Gaussian."""
+    grey = data.to_unit_interval(images)
+    return binarize(key, example_ids, grey) if likelihood == "bernoulli" else grey
+
+
+def evaluation_inputs(images: jax.Array, example_ids: jax.Array, likelihood: str) -> jax.Array:
+    """`model_inputs` with the fixed binarisation every evaluation uses (example i of a split is
+    binarised alike in every epoch, seed and figure)."""
+    return model_inputs(images, example_ids, jax.random.key(_EVAL_BINARIZATION_KEY), likelihood)
+
+
+def interpolate(z0: jax.Array, z1: jax.Array, num_steps: int, spherical: bool) -> jax.Array:
+    """`num_steps` points `[T, K]` from z0 to z1 (both included), along the line or along the great
+    circle (slerp: the norms, which concentrate near sqrt(K) under a Gaussian prior, stay
+    typical)."""
+    t = jnp.linspace(0.0, 1.0, num_steps)[:, None]
+    if not spherical:
+        return (1.0 - t) * z0 + t * z1
+    cosine = jnp.dot(z0, z1) / (jnp.linalg.norm(z0) * jnp.linalg.norm(z1))
+    omega = jnp.arccos(jnp.clip(cosine, -1.0, 1.0))
+    return (jnp.sin((1.0 - t) * omega) * z0 + jnp.sin(t * omega) * z1) / jnp.sin(omega)
+
+
+def build(config, data_info: DataInfo) -> Task:
+    """The VAE's task functions for this config."""
+    model = model_from_config(config, data_info.input_dim)
+    optimizer = train.make_optimizer(config, data_info.steps_per_epoch)
+    bernoulli = config.likelihood == "bernoulli"
+
+    def log_likelihood(params, z, x) -> jax.Array:
+        """log p(x | z) `[S, B]` of targets `[B, D]` for latents `[S, B, K]`."""
+        outputs = model.apply(params, z, method=model.decode)
+        if bernoulli:
+            return losses.bernoulli_log_likelihood(outputs, x)
+        stddev = model.apply(params, method=model.pixel_stddev)
+        return losses.gaussian_log_prob(x, outputs, stddev)
+
+    def log_weights(params, x, ids, key, num_samples, beta=1.0):
+        """`(log p(x|z) [S, B], log p(x|z) - beta * (log q(z|x) - log p(z)) [S, B], KL [B])`."""
+        mean, stddev = model.apply(params, x, method=model.encode)
+        z = train.sample_latents(key, ids, mean, stddev, num_samples)
+        log_px = log_likelihood(params, z, x)
+        log_ratio = losses.gaussian_log_prob(z, mean, stddev) - losses.standard_normal_log_prob(z)
+        return log_px, log_px - beta * log_ratio, losses.kl_divergence(mean, stddev)
+
+    def init(key):
+        params = model.init(key, jnp.zeros((1, data_info.input_dim), jnp.float32))
+        return train.init_state(params, optimizer)
+
+    def loss_fn(params, batch, key, hparams, collectives):
+        del collectives  # every term is a per-example mean
+        binarize_key, noise_key = jax.random.split(key)
+        x = model_inputs(batch.images, batch.example_ids, binarize_key, config.likelihood)
+        beta = hparams["beta"]
+        log_px, weights, rate = log_weights(
+            params, x, batch.example_ids, noise_key, config.train_samples, beta
+        )
+        if config.objective == "elbo":
+            return losses.beta_vae_loss(log_px, rate, beta)
+        bound = jnp.mean(losses.importance_weighted_bound(weights))
+        metrics = dict(
+            loss=-bound, iw_bound=bound, distortion=-jnp.mean(log_px), rate=jnp.mean(rate)
+        )
+        return -bound, metrics
+
+    def eval_targets(batch):
+        return evaluation_inputs(batch.images, batch.example_ids, config.likelihood)
+
+    def evaluate(params, batch, key, hparams):
+        del hparams
+        x = eval_targets(batch)
+        log_px, _, rate = log_weights(params, x, batch.example_ids, key, config.eval_samples)
+        distortion = -jnp.mean(log_px, axis=0)
+        return {"distortion": distortion, "rate": rate, "elbo": -(distortion + rate)}
+
+    def negative_log_likelihood(params, x, ids, key):
+        """`[B]` -log p(x) estimated with `nll_samples` importance samples, chunk by chunk."""
+
+        def chunk_log_sum(chunk):
+            chunk_key = jax.random.fold_in(key, chunk)
+            _, weights, _ = log_weights(params, x, ids, chunk_key, config.nll_chunk_size)
+            return jax.scipy.special.logsumexp(weights, axis=0)
+
+        def add_chunk(log_sum, chunk):
+            return jnp.logaddexp(log_sum, chunk_log_sum(chunk)), None
+
+        # The first chunk starts the sum (a constant start would not vary over the device axis
+        # the way the sum does, which scan under shard_map refuses).
+        num_chunks = config.nll_samples // config.nll_chunk_size
+        log_sum, _ = jax.lax.scan(add_chunk, chunk_log_sum(0), jnp.arange(1, num_chunks))
+        return -(log_sum - math.log(config.nll_samples))
+
+    def final_evaluate(params, batch, key, hparams):
+        metrics = evaluate(params, batch, key, hparams)
+        nll_key = jax.random.fold_in(key, 1)
+        nll = negative_log_likelihood(params, eval_targets(batch), batch.example_ids, nll_key)
+        return metrics | {"nll": nll}
+
+    return Task(
+        init=init,
+        update=train.gradient_update(loss_fn, optimizer),
+        evaluate=evaluate,
+        summarize=summarize,
+        result_columns=RESULT_COLUMNS,
+        result_row=result_row,
+        progress=lambda test: f"ELBO {float(test['elbo']):.1f}",
+        figures=lambda run: figures(run, model),
+        final_evaluate=final_evaluate,
+    )
+
+
+def summarize(means, chunks: train.EvalChunks):
+    """Adds rate and distortion in bits."""
+    del chunks
+    return means | {
+        "rate_bits": means["rate"] / losses.LN2,
+        "distortion_bits": means["distortion"] / losses.LN2,
+    }
+
+
+def result_row(train_metrics, test_metrics) -> dict:
+    """One member's results in nats (and bits where the column says so)."""
+    row = {"test_nll_nats": float(test_metrics["nll"])}
+    for column in RESULT_COLUMNS[1:]:
+        split, name, unit = column.split("_")
+        metric = name if unit == "nats" else f"{name}_bits"
+        row[column] = float((test_metrics if split == "test" else train_metrics)[metric])
+    return row
+
+
+def _decoded_images(model, params, z) -> np.ndarray:
+    """The decoder's mean image (Bernoulli probabilities, or Gaussian means clipped to [0, 1]) of
+    latents `[..., K]`, as `[..., 28, 28]`."""
+    outputs = model.apply(params, z, method=model.decode)
+    means = (
+        jax.nn.sigmoid(outputs) if model.likelihood == "bernoulli" else jnp.clip(outputs, 0.0, 1.0)
+    )
+    return np.asarray(means).reshape(*means.shape[:-1], *data.IMAGE_SHAPE)
+
+
+def figures(run: TrainedRun, model: models.VAE, num_columns: int = 10) -> list[str]:
+    """The rate–distortion curve of the sweep; per member: reconstructions of the first test images
+    (as the model sees them: binarised as in evaluation, for the Bernoulli likelihood),
+    samples from the prior, linear and spherical interpolation between two test digits of different
+    classes; and, for 2-D latents, the test posterior means coloured by digit."""
+    varying = [k for k in run.members[0] if len({m[k] for m in run.members}) > 1]
+    labels = [plots.member_label(m, varying) or "model" for m in run.members]
+    member_params = [
+        jax.tree_util.tree_map(lambda leaf, m=m: leaf[m], run.ema_params)
+        for m in range(len(labels))
+    ]
+    ids = jnp.arange(run.test_images.shape[0], dtype=jnp.int32)
+    inputs = evaluation_inputs(jnp.asarray(run.test_images), ids, model.likelihood)
+    shown = np.asarray(inputs[:num_columns]).reshape(-1, *data.IMAGE_SHAPE)
+    prior_samples = jax.random.normal(jax.random.key(0), (num_columns, model.latent_dim))
+    first = int(run.test_labels[0])
+    other = int(np.argmax(run.test_labels != first))  # the first test digit of another class
+    reconstructions, samples, interpolations, latents = [shown], [], [], []
+    for params in member_params:
+        means, _ = model.apply(params, inputs, method=model.encode)
+        reconstructions.append(_decoded_images(model, params, means[:num_columns]))
+        samples.append(_decoded_images(model, params, prior_samples))
+        for spherical in (False, True):
+            path = interpolate(means[0], means[other], num_columns, spherical)
+            interpolations.append(_decoded_images(model, params, path))
+        latents.append(np.asarray(means))
+    path = lambda name: os.path.join(run.workdir, name)
+    interpolation_labels = [
+        f"{label} {kind}" for label in labels for kind in ("linear", "spherical")
+    ]
+    paths = [
+        plots.rate_distortion(run.rows, path("rate_distortion.png")),
+        plots.image_grid(
+            np.stack(reconstructions),
+            ["input", *labels],
+            "reconstructions (z = mean)",
+            path("reconstructions.png"),
+        ),
+        plots.image_grid(np.stack(samples), labels, "samples from the prior", path("samples.png")),
+        plots.image_grid(
+            np.stack(interpolations),
+            interpolation_labels,
+            f"interpolation between test digits {first} and {int(run.test_labels[other])}",
+            path("interpolation.png"),
+        ),
+        plots.learning_curves(
+            run.records, "test/elbo", "test ELBO (nats)", path("learning_curves.png")
+        ),
+    ]
+    if model.latent_dim == 2:
+        paths.append(
+            plots.latent_scatter(np.stack(latents), run.test_labels, labels, path("latents.png"))
+        )
+    return paths
