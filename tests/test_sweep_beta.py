@@ -14,19 +14,11 @@ import numpy as np
 import pytest
 
 from experiments.configs import smoke
-from vib_jax import data, sweep
+from vib_jax import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.real_data
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prepared_mnist():
-    if not data.is_prepared("mnist"):
-        if os.environ.get("CI"):
-            pytest.fail("MNIST is not prepared; CI must run `make data` before the tests.")
-        pytest.skip("MNIST is not prepared: run `make data`.")
+pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("real_mnist")]
 
 
 def run_entrypoint(*flags, timeout=600):

@@ -2,7 +2,6 @@
 importance-sampled NLL against a direct computation, and an end-to-end run on real MNIST."""
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -107,12 +106,9 @@ def test_bad_config_entries_are_named(name, value, message):
 
 
 @pytest.mark.real_data
+@pytest.mark.usefixtures("real_mnist")
 @pytest.mark.parametrize("objective, samples", [("elbo", 1), ("iwae", 5)])
 def test_a_short_run_on_real_mnist_learns(tmp_path, objective, samples):
-    if not data.is_prepared("mnist"):
-        if os.environ.get("CI"):
-            pytest.fail("MNIST is not prepared; CI must run `make data` before the tests.")
-        pytest.skip("MNIST is not prepared: run `make data`.")
     config = vae_config.get_config()
     config.progress, config.objective, config.train_samples = False, objective, samples
     config.train_subset, config.test_subset, config.train_eval_size = 10_000, 1000, 1000

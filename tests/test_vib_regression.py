@@ -12,19 +12,11 @@ import os
 import pytest
 
 from experiments.configs import smoke
-from vib_jax import data, sweep
+from vib_jax import sweep
 
-pytestmark = pytest.mark.real_data
+pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("real_mnist")]
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "vib_reference_21c919b.json")
 ERRORS = ("error_avg", "error_1", "error_mean")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prepared_mnist():
-    if not data.is_prepared("mnist"):
-        if os.environ.get("CI"):
-            pytest.fail("MNIST is not prepared; CI must run `make data` before the tests.")
-        pytest.skip("MNIST is not prepared: run `make data`.")
 
 
 def reference_config(seeds, deterministic=False):
