@@ -46,8 +46,17 @@ _SEEDS = flags.DEFINE_string(
 )
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", None, "Seeds 0 .. N-1.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (multi-host runs)."
+    "distributed",
+    False,
+    "Run as one process of several (jax.distributed.initialize); see README, 'Many hosts'.",
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (default: from the cluster's environment)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in all (default: detected)."
+)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (default: detected).")
 # Shortcuts for config entries; `--config.NAME=VALUE` sets any entry.
 _SHORTCUTS = {
     "dataset": flags.DEFINE_string("dataset", None, "Dataset: mnist or fashion_mnist."),
@@ -167,7 +176,9 @@ def main(argv):
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from None
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+        # CPU devices of several processes talk through gloo (GPUs and TPUs use their own links).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     sweep.train_and_evaluate(config, _WORKDIR.value)
     if jax.process_index() == 0:
         with open(os.path.join(_WORKDIR.value, "results.md")) as results:

@@ -98,9 +98,34 @@ def replicate(tree, mesh: Mesh):
     """Places every array of `tree` on every device of `mesh`.
 
     With several processes, each must pass the same values (they do: data and initial states are
-    deterministic functions of the config).
+    deterministic functions of the config); each then places its host copy on its own devices, as
+    `jax.device_put` cannot move an array from one local device onto a global mesh.
     """
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def place(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(place(jax.random.key_data(leaf)))
+        return jax.device_put(np.asarray(leaf), sharding)
+
+    return jax.tree_util.tree_map(place, tree)
+
+
+def to_host(tree):
+    """The arrays of `tree` as numpy arrays on this host. The programs' outputs are replicated over
+    the mesh; with several processes, no process can fetch a global array whole, so each reads the
+    copy on one of its own devices."""
+
+    def fetch(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            if not leaf.sharding.is_fully_replicated:
+                raise ValueError(f"to_host needs replicated arrays, got sharding {leaf.sharding}.")
+            return np.asarray(leaf.addressable_data(0))
+        return jax.device_get(leaf)
+
+    return jax.tree_util.tree_map(fetch, tree)
 
 
 def compiler_options(mesh: Mesh) -> dict[str, bool]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.colors
+import matplotlib.ticker
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def _beta_axis_values(rows: Sequence[dict]) -> list[float]:
@@ -40,7 +39,8 @@ def _mean_and_std_by(rows: Sequence[dict], group: str, value: str) -> tuple[list
 def test_error_vs_beta(rows: Sequence[dict], path: str) -> str:
     """Test error (%) against beta (log axis), for 12-sample averaging, one sample and z = mean; the
     mean over seeds, with their standard deviation as error bars when there are several."""
-    figure, axes = plt.subplots(figsize=(5.5, 4))
+    figure = Figure(figsize=(5.5, 4))
+    axes = figure.subplots()
     for key, label in (
         ("test_error_avg", "softmax averaged over samples"),
         ("test_error_1", "one sample"),
@@ -61,12 +61,12 @@ def test_error_vs_beta(rows: Sequence[dict], path: str) -> str:
 
 
 def _save(figure, path: str, tight_layout: bool = True) -> str:
-    """Saves and closes `figure`. A colorbar spanning several axes needs a tight bounding box
-    instead of `tight_layout`."""
+    """Saves `figure` (a `matplotlib.figure.Figure`: no pyplot, so no global state and no backend
+    to choose). A colorbar spanning several axes needs a tight bounding box instead of
+    `tight_layout`."""
     if tight_layout:
         figure.tight_layout()
     figure.savefig(path, dpi=120, bbox_inches=None if tight_layout else "tight")
-    plt.close(figure)
     return path
 
 
@@ -78,7 +78,8 @@ def information_plane(rows: Sequence[dict], path: str) -> str:
     """
     rows = sorted(rows, key=lambda r: r["beta"])
     betas = _beta_axis_values(rows)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    figure = Figure(figsize=(10, 4))
+    axes = figure.subplots(1, 2, sharey=True)
     for axis, split in zip(axes, ("train", "test")):
         izx = [r[f"{split}_izx_bits"] for r in rows]
         izy = [r[f"{split}_izy_bits"] for r in rows]
@@ -115,7 +116,8 @@ def learning_curves(
         else []
     )
     varying = [k for k in member_keys if len({r[k] for r in records}) > 1]
-    figure, axes = plt.subplots(figsize=(5.5, 4))
+    figure = Figure(figsize=(5.5, 4))
+    axes = figure.subplots()
     lines: dict[tuple, list] = {}
     for r in records:
         if metric in r:
@@ -145,7 +147,8 @@ def rate_distortion(rows: Sequence[dict], path: str) -> str:
     distortions = np.array([r["test_distortion_nats"] for r in rows])
     betas = _beta_axis_values(rows)
     best = float(np.min(rates + distortions))
-    figure, axes = plt.subplots(figsize=(5.5, 4.5))
+    figure = Figure(figsize=(5.5, 4.5))
+    axes = figure.subplots()
     span = np.linspace(0.0, max(best, float(rates.max())) * 1.05, 50)
     axes.plot(
         span,
@@ -173,12 +176,8 @@ def rate_distortion(rows: Sequence[dict], path: str) -> str:
 def image_grid(images: np.ndarray, row_labels: Sequence[str], title: str, path: str) -> str:
     """A grid of grey images `[rows, columns, 28, 28]` in [0, 1], each row labelled on its left."""
     num_rows, num_columns = images.shape[:2]
-    figure, axes = plt.subplots(
-        num_rows,
-        num_columns,
-        figsize=(0.9 * num_columns + 1.2, 0.9 * num_rows + 0.4),
-        squeeze=False,
-    )
+    figure = Figure(figsize=(0.9 * num_columns + 1.2, 0.9 * num_rows + 0.4))
+    axes = figure.subplots(num_rows, num_columns, squeeze=False)
     for i in range(num_rows):
         for j in range(num_columns):
             axes[i, j].imshow(images[i, j], cmap="gray", vmin=0.0, vmax=1.0)
@@ -195,7 +194,8 @@ def latent_scatter(
     """One panel per member of 2-D latents `[M, N, 2]` (posterior means), coloured by digit
     `[N]`."""
     num_members = latents.shape[0]
-    figure, axes = plt.subplots(1, num_members, figsize=(4 * num_members + 1, 4), squeeze=False)
+    figure = Figure(figsize=(4 * num_members + 1, 4))
+    axes = figure.subplots(1, num_members, squeeze=False)
     for axis, member_latents, title in zip(axes[0], latents, titles):
         points = axis.scatter(
             member_latents[:, 0],

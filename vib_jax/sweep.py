@@ -216,21 +216,27 @@ def data_info(config, images: jax.Array, labels: jax.Array) -> tasks.DataInfo:
     )
 
 
-def build_setup(config: ml_collections.ConfigDict, mesh: Mesh, images, labels) -> Setup:
-    """The one builder of a sweep's training: the task, the members, their fresh states and the
-    compiled programs on `mesh`, for the training split `images [N, D]`, `labels [N]`. Serves the
-    driver, the benchmark and the tests."""
-    module = tasks.load(config.task)
-    task = module.build(config, data_info(config, images, labels))
+def member_inputs(
+    config: ml_collections.ConfigDict,
+) -> tuple[list[dict[str, float]], train.MemberKeys, dict[str, jax.Array]]:
+    """The sweep's members (`sweep_members`), their keys stacked, and every hyperparameter of the
+    task as a `[M]` float32 array."""
     members = sweep_members(config)
     swept = resolved_sweep(config)
     keys = train.stack(
         [train.member_keys(m["seed"], {name: m[name] for name in swept}) for m in members]
     )
-    hparams = {
-        name: jnp.asarray([m[name] for m in members], jnp.float32)
-        for name in module.HYPERPARAMETERS
-    }
+    names = tasks.load(config.task).HYPERPARAMETERS
+    hparams = {name: jnp.asarray([m[name] for m in members], jnp.float32) for name in names}
+    return members, keys, hparams
+
+
+def build_setup(config: ml_collections.ConfigDict, mesh: Mesh, images, labels) -> Setup:
+    """The one builder of a sweep's training: the task, the members, their fresh states and the
+    compiled programs on `mesh`, for the training split `images [N, D]`, `labels [N]`. Serves the
+    driver, the benchmark and the tests."""
+    task = tasks.load(config.task).build(config, data_info(config, images, labels))
+    members, keys, hparams = member_inputs(config)
     states = jax.vmap(task.init)(keys.init)
     states, images, labels, keys, hparams = parallel.replicate(
         (states, images, labels, keys, hparams), mesh
@@ -383,13 +389,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     for epoch in progress:
         started = time.perf_counter()
         states, batch_metrics = setup.run_epoch(states, epoch)
-        batch_metrics = jax.device_get(batch_metrics)
+        batch_metrics = parallel.to_host(batch_metrics)
         epoch_seconds = time.perf_counter() - started
         train_seconds += epoch_seconds
         groups = {"train_batches": batch_metrics}
         if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
-            groups["train"] = jax.device_get(setup.evaluate(states.ema_params, train_chunks))
-            groups["test"] = test_metrics = jax.device_get(
+            groups["train"] = parallel.to_host(setup.evaluate(states.ema_params, train_chunks))
+            groups["test"] = test_metrics = parallel.to_host(
                 setup.evaluate(states.ema_params, test_chunks)
             )
             reports = (
@@ -406,9 +412,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
             checkpoints.save(manager, epoch, states, {"train_seconds": train_seconds})
     progress.close()
 
-    final_train = jax.device_get(setup.evaluate(states.ema_params, chunks_of(train_split)))
+    final_train = parallel.to_host(setup.evaluate(states.ema_params, chunks_of(train_split)))
     if test_metrics is None or setup.task.final_evaluate is not None:
-        test_metrics = jax.device_get(setup.final_evaluate(states.ema_params, test_chunks))
+        test_metrics = parallel.to_host(setup.final_evaluate(states.ema_params, test_chunks))
     rows = result_rows(setup, config.num_epochs, final_train, test_metrics, train_seconds)
     if writer:
         _write_results(workdir, setup, rows, len(config.seeds))
@@ -418,7 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
             members=setup.members,
             rows=rows,
             records=metrics.read_jsonl(metrics_path),
-            ema_params=jax.device_get(states.ema_params),
+            ema_params=parallel.to_host(states.ema_params),
             test_images=np.asarray(test_split.images),
             test_labels=np.asarray(test_split.labels),
         )

@@ -86,6 +86,10 @@ class Task:
       result_row: `result_row(train_metrics, test_metrics) -> {column: float}` for one member.
       progress: `progress(test_metrics) -> str`: the progress bar's short report of one member.
       figures: `figures(run: TrainedRun) -> [paths]`: draws the run's PNGs into its workdir.
+      model: the linen module whose `encode` (images `[B, D]` -> posterior mean and stddev `[B, K]`)
+        and `decode` the params are for; what `vib_jax.runs` uses to analyse a trained run.
+      encoder_inputs: maps images `[N, D]` in [-1, 1] to what the model encodes (e.g. the VAE's
+        fixed binarisation); None: the images themselves.
       final_evaluate: per-example metrics of the final test evaluation, when it differs from
         `evaluate` (e.g. adds an expensive likelihood estimate); None: the same as `evaluate`.
     """
@@ -98,6 +102,8 @@ class Task:
     result_row: Callable[[Mapping, Mapping], dict]
     progress: Callable[[Mapping], str]
     figures: Callable[[TrainedRun], list[str]]
+    model: Any
+    encoder_inputs: Callable[[jax.Array], jax.Array] | None = None
     final_evaluate: Callable[..., train.Metrics] | None = None
 
 

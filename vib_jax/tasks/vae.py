@@ -203,6 +203,10 @@ def build(config, data_info: DataInfo) -> Task:
         result_row=result_row,
         progress=lambda test: f"ELBO {float(test['elbo']):.1f}",
         figures=lambda run: figures(run, model),
+        model=model,
+        encoder_inputs=lambda images: evaluation_inputs(
+            images, jnp.arange(images.shape[0], dtype=jnp.int32), config.likelihood
+        ),
         final_evaluate=final_evaluate,
     )
 

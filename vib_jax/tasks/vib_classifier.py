@@ -119,6 +119,7 @@ def build(config, data: DataInfo) -> Task:
         result_row=result_row,
         progress=lambda test: f"{100 * float(test['error_avg']):.2f}%",
         figures=figures,
+        model=model,
     )
 
 

@@ -1,0 +1,125 @@
+"""Two processes of 4 CPU devices each (jax.distributed on loopback, gloo collectives) train the
+smoke config across 8 global devices, and give the numbers of one process with 8 devices; only
+process 0 writes; and a checkpoint of the two-process run resumes in a single process."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("real_mnist")]
+# 8 divides the batch and the evaluation chunk, so every run uses all 8 devices.
+FLAGS = [
+    "--config=experiments/configs/smoke.py",
+    "--betas=1e-3,1e-1",
+    "--num_epochs=2",
+    "--num_devices=8",
+    "--config.batch_size=80",
+    "--config.eval_chunk_size=400",
+    "--config.train_subset=800",
+    "--config.test_subset=400",
+    "--config.train_eval_size=400",
+    "--config.checkpoint_every_epochs=1",
+    "--config.progress=False",
+]
+
+
+def environment(devices):
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
+
+
+def entrypoint(*flags):
+    return [sys.executable, "-m", "experiments.sweep_beta", *FLAGS, *flags]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_two_processes(workdir, timeout=400):
+    """Runs both processes of a 2 x 4-device run; kills both if either fails or takes too long."""
+    address = f"127.0.0.1:{free_port()}"
+    processes = [
+        subprocess.Popen(
+            entrypoint(
+                f"--workdir={workdir}",
+                "--distributed",
+                f"--coordinator_address={address}",
+                "--num_processes=2",
+                f"--process_id={index}",
+            ),
+            cwd=REPO,
+            env=environment(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in (0, 1)
+    ]
+    try:
+        outputs = [process.communicate(timeout=timeout) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    return [stdout for stdout, _ in outputs]
+
+
+def read_rows(workdir):
+    with open(os.path.join(workdir, "results.csv")) as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def test_two_processes_equal_one_and_resume_in_one(tmp_path):
+    two, one = str(tmp_path / "two_processes"), str(tmp_path / "one_process")
+    stdouts = run_two_processes(two)
+    single = subprocess.run(
+        entrypoint(f"--workdir={one}"),
+        cwd=REPO,
+        env=environment(8),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    # Only process 0 writes: one table printed, each record once.
+    assert "| seed | beta |" in stdouts[0] and "| seed | beta |" not in stdouts[1]
+    records = [json.loads(line) for line in open(os.path.join(two, "metrics.jsonl"))]
+    assert [(r["epoch"], r["beta"]) for r in records] == [
+        (1, 1e-3),
+        (1, 1e-1),
+        (2, 1e-3),
+        (2, 1e-1),
+    ]
+    # The same global devices, reducing in the same order: the same numbers.
+    for a, b in zip(read_rows(two), read_rows(one), strict=True):
+        for key in a:
+            if key != "train_seconds":
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+    # A single process resumes the two-process run from its checkpoint of epoch 2.
+    resumed = subprocess.run(
+        entrypoint(f"--workdir={two}", "--num_epochs=3"),
+        cwd=REPO,
+        env=environment(8),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from the checkpoint of epoch 2" in resumed.stderr
+    epochs = [json.loads(line)["epoch"] for line in open(os.path.join(two, "metrics.jsonl"))]
+    assert epochs == [1, 1, 2, 2, 3, 3]

@@ -1,0 +1,161 @@
+"""Trained runs from Python: load a workdir in one call, then ask for per-example quantities.
+
+    run = runs.load("workdirs/sweep")          # config, members, task, model, final EMA params
+    run.members                                # [{"seed": 0, "beta": 0.001, ...}, ...]
+    images, labels = run.split("test")         # the run's dataset, [N, 784] in [-1, 1]
+    mean, stddev = run.posterior(images)       # [M, N, K] each: q(z|x) of every member
+    rate = run.rate(images)                    # [M, N] KL(q(z|x) || N(0, I)) in nats
+    probs = run.predictive(images)             # [M, N, C] softmax averaged over posterior samples
+    run.results, run.records                   # results.csv and metrics.jsonl as lists of dicts
+    run.results_frame(), run.records_frame()   # the same as pandas DataFrames
+
+Tables come as plain records (lists of dicts), and as pandas DataFrames on request: pandas is
+imported only by the `*_frame` methods, so the library does not depend on it (install it, or
+`pip install -e '.[dev]'`, to use them).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vib_jax import checkpoints, data, losses, metrics, sweep, tasks, train
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained workdir: its config, members, task functions and final EMA params.
+
+    Attributes:
+      workdir: the directory it was loaded from.
+      config: the run's config (`config.json`).
+      members: one dict per sweep member, its seed and hyperparameters, in the stacking order.
+      task: the task's functions (`vib_jax.tasks.Task`); `task.model` is the linen module.
+      ema_params: the members' evaluation params, stacked along a leading member axis.
+      epoch: the epoch of the checkpoint they come from.
+    """
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    members: list[dict[str, float]]
+    task: tasks.Task
+    ema_params: Any
+    epoch: int
+
+    @property
+    def results(self) -> list[dict[str, float]]:
+        """`results.csv`: one row per member (numbers as floats); empty before the run finished."""
+        path = os.path.join(self.workdir, "results.csv")
+        if not os.path.exists(path):
+            return []
+        with open(path, newline="") as handle:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+    @property
+    def records(self) -> list[dict]:
+        """`metrics.jsonl`: one record per epoch and member."""
+        return metrics.read_jsonl(os.path.join(self.workdir, "metrics.jsonl"))
+
+    def results_frame(self):
+        """`results` as a pandas DataFrame."""
+        return _pandas().DataFrame(self.results)
+
+    def records_frame(self):
+        """`records` as a pandas DataFrame."""
+        return _pandas().DataFrame(self.records)
+
+    def split(self, name: str, subset_size: int | None = None) -> data.Split:
+        """The `train` or `test` split of the run's dataset (all of it unless `subset_size`)."""
+        return data.load_split(self.config.dataset, name, subset_size=subset_size)
+
+    def posterior(self, images) -> tuple[jax.Array, jax.Array]:
+        """Every member's q(z|x): `(mean, stddev)`, each `[M, N, K]`, for images `[N, D]` in [-1, 1]
+        (binarised first for a Bernoulli VAE, as in its evaluation)."""
+        return _posterior(self.task.model, self.ema_params, self._model_inputs(images))
+
+    def rate(self, images) -> jax.Array:
+        """`[M, N]` KL(q(z|x) || N(0, I)) in nats, the rate of each image under each member."""
+        mean, stddev = self.posterior(images)
+        return losses.kl_divergence(mean, stddev)
+
+    def sample_latents(self, images, num_samples: int, seed: int = 0) -> jax.Array:
+        """`[M, S, N, K]` posterior samples; example i's noise is from `fold_in(key(seed), i)`."""
+        mean, stddev = self.posterior(images)
+        ids = jnp.arange(mean.shape[1], dtype=jnp.int32)
+        key = jax.random.key(seed)
+        draw = lambda m, s: train.sample_latents(key, ids, m, s, num_samples)
+        return jax.vmap(draw)(mean, stddev)
+
+    def predictive(self, images, num_samples: int = 12, seed: int = 0) -> jax.Array:
+        """`[M, N, C]` the classifier's predictive distribution: the softmax averaged over
+        `num_samples` posterior samples (the paper's evaluation). Classifier tasks only."""
+        if not hasattr(self.task.model, "num_classes"):
+            raise ValueError(f"predictive needs a classifier task, got task={self.config.task!r}.")
+        z = self.sample_latents(images, num_samples, seed)
+        model = self.task.model
+        logits = jax.vmap(lambda p, zs: model.apply(p, zs, method=model.decode))(self.ema_params, z)
+        return jnp.mean(jax.nn.softmax(logits), axis=1)
+
+    def _model_inputs(self, images) -> jax.Array:
+        images = jnp.asarray(images, jnp.float32)
+        return images if self.task.encoder_inputs is None else self.task.encoder_inputs(images)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _posterior(model, params, images):
+    encode = lambda p: model.apply(p, images, method=model.encode)
+    return jax.vmap(encode)(params)
+
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError(
+            "The *_frame methods need pandas: pip install pandas (or pip install -e '.[dev]')."
+        ) from None
+    return pandas
+
+
+def config_from_json(path: str) -> ml_collections.ConfigDict:
+    """The config a run wrote to `config.json`."""
+    with open(path) as handle:
+        return ml_collections.ConfigDict(json.load(handle))
+
+
+def load(workdir: str) -> Run:
+    """Loads a workdir written by `vib_jax.sweep.train_and_evaluate` (or the sweep_beta entrypoint):
+    its config and the final EMA params of every member, from its newest checkpoint.
+
+    Raises:
+      FileNotFoundError: `workdir` does not exist.
+      ValueError: it holds no vib-jax run (no config.json) or no checkpoint yet.
+    """
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"workdir {workdir!r} does not exist.")
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise ValueError(f"workdir {workdir!r} holds no vib-jax run: it has no config.json.")
+    config = config_from_json(config_path)
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    if not checkpoints.saved_epochs(checkpoint_dir):
+        raise ValueError(f"workdir {workdir!r} has no checkpoint yet: train it first.")
+    train_split = data.load_split(config.dataset, "train", subset_size=config.train_subset or None)
+    task = tasks.load(config.task).build(config, sweep.data_info(config, *train_split))
+    members, keys, _ = sweep.member_inputs(config)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    like = jax.tree_util.tree_map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+        jax.eval_shape(jax.vmap(task.init), keys.init),
+    )
+    manager = checkpoints.checkpoint_manager(checkpoint_dir)
+    epoch, states, _ = checkpoints.restore_latest(manager, like)
+    return Run(workdir, config, members, task, states.ema_params, epoch)
