@@ -2,7 +2,7 @@
 and a timer.
 
 FLOPs of one training step, counting the matrix products only (B = 100 examples, S training samples,
-D = 784, H = 1024, K = 256, C = 10), multiplied by the number of betas for a sweep:
+D = 784, H = 1024, K = 256, C = 10), multiplied by the number of members for a sweep:
 
   forward   F = 2B(D*H + H*H + H*2K) + 2SBKC
   backward  2F - 2BDH   (both operands' gradients of every product, except the first layer's
@@ -27,7 +27,7 @@ import jax
 @dataclasses.dataclass(frozen=True)
 class Matmul:
     """One matrix product `[m, k] @ [k, n]`; `shared_lhs`: its left operand (the images) is common
-    to all betas."""
+    to all members."""
 
     m: int
     k: int

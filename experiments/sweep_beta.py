@@ -142,9 +142,7 @@ def _set_sweep(config) -> None:
     if _BETA.present and _BETAS.present:
         raise ValueError("Give --beta or --betas, not both.")
     if _BETA.value is not None:
-        if not (math.isfinite(_BETA.value) and _BETA.value >= 0):
-            raise ValueError(f"--beta must be a finite float >= 0, got {_BETA.value}.")
-        config.sweep.beta = (_BETA.value,)
+        config.sweep.beta = (_BETA.value,)  # checked with every swept value by sweep.preflight
     if _BETAS.value is not None:
         config.sweep.beta = parse_values(_BETAS.value, "--betas")
     for entry in _SWEEP.value:
@@ -163,6 +161,10 @@ def config_from_flags():
     _set_seeds(config)
     for name, flag in _SHORTCUTS.items():
         if flag.value is not None:
+            if name not in config:
+                raise ValueError(
+                    f"--{name} does not apply: the config of task {config.task!r} has no {name!r}."
+                )
             config[name] = flag.value
     return config
 
@@ -172,13 +174,16 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         config = config_from_flags()
-        sweep.preflight(config, _WORKDIR.value)
-    except (ValueError, FileNotFoundError) as error:
+    except ValueError as error:
         raise app.UsageError(str(error)) from None
-    if _DISTRIBUTED.value:
+    if _DISTRIBUTED.value:  # before anything counts the devices
         # CPU devices of several processes talk through gloo (GPUs and TPUs use their own links).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    try:
+        sweep.preflight(config, _WORKDIR.value)
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error)) from None
     sweep.train_and_evaluate(config, _WORKDIR.value)
     if jax.process_index() == 0:
         with open(os.path.join(_WORKDIR.value, "results.md")) as results:

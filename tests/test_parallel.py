@@ -1,4 +1,5 @@
-"""8 simulated CPU devices give the same training and evaluation as 1 device, through the driver's
+"""Tests of vib_jax.parallel: the device count, members at once, the member map; and 8 simulated CPU
+devices giving the same training and evaluation as 1 device, through the driver's
 own setup builder: for the VIB classifier, and for a task whose loss needs the whole batch
 (`tests/gather_task.py`, which uses `Collectives.gather`).
 
@@ -12,7 +13,12 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+
+from vib_jax import parallel
 
 CHECK = textwrap.dedent(
     """
@@ -33,8 +39,9 @@ CHECK = textwrap.dedent(
         config.task, config.latent_dim = task_name, 6
         config.hidden_dims, config.batch_size = (32,), 32
         config.train_samples, config.eval_samples, config.ema_decay = 3, 4, 0.9
-        # with b2 = 0.999 too: unlike plain Adam, its first steps scale with the gradient
-        config.adam_b1 = 0.0
+        # SGD: unlike Adam's, its steps scale with the gradient, so a gradient off by the number of
+        # devices shows.
+        config.optimizer, config.learning_rate = "sgd", 0.1
         config.seeds, config.members_at_once = (0, 1), members_at_once
         config.sweep.beta = (1e-3,)
         if task_name != "vib_classifier":
@@ -98,3 +105,49 @@ def test_eight_devices_equal_one_device(task):
             assert (
                 report["metrics"]["batch_mean_penalty"] > 1e-3
             )  # the global-batch term is in play
+
+
+def test_one_device_runs_shard_map_only_for_a_vmapped_sweep():
+    mesh = parallel.make_mesh(1)
+    assert not parallel.uses_shard_map(mesh, at_once=1)
+    assert parallel.uses_shard_map(mesh, at_once=8)
+
+
+def test_members_at_once():
+    mesh = parallel.make_mesh(1)  # a CPU device in the tests
+    assert parallel.members_at_once(0, mesh, num_members=8) == 1  # CPU: one at a time
+    assert parallel.members_at_once(3, mesh, num_members=8) == 3
+    assert parallel.members_at_once(20, mesh, num_members=8) == 8
+    with pytest.raises(ValueError, match="members_at_once"):
+        parallel.members_at_once(-1, mesh, num_members=8)
+
+
+@pytest.mark.parametrize("at_once", [1, 2, 3, 4])
+def test_map_over_members_maps_the_swept_arguments_only(at_once):
+    fn = lambda x, shared, y: {"sum": x @ shared + y, "first": x[0]}
+    xs, ys = jnp.arange(12.0).reshape(4, 3), jnp.arange(4.0)
+    shared = jnp.array([1.0, 10.0, 100.0])
+    out = jax.jit(parallel.map_over_members(fn, (0, None, 0), at_once))(xs, shared, ys)
+    np.testing.assert_allclose(out["sum"], np.asarray(xs) @ np.asarray(shared) + np.asarray(ys))
+    np.testing.assert_allclose(out["first"], xs[:, 0])
+    single = parallel.map_over_members(fn, (0, None, 0), at_once)(xs[:1], shared, ys[:1])
+    assert single["sum"].shape == (1,) and float(single["sum"][0]) == 0 * 1 + 1 * 10 + 2 * 100
+
+
+def test_choose_num_devices():
+    assert (
+        parallel.choose_num_devices(0, (100, 1000), available=8) == 5
+    )  # 5 divides both; 6, 7, 8 do not
+    assert parallel.choose_num_devices(0, (128, 1000), available=8) == 8
+    assert parallel.choose_num_devices(2, (100,), available=8) == 2
+    with pytest.raises(ValueError, match="num_devices"):
+        parallel.choose_num_devices(3, (100,), available=8)
+    with pytest.raises(ValueError, match="num_devices"):
+        parallel.choose_num_devices(9, (100,), available=8)
+    # Two processes of 4 devices: a count that leaves a process out is not used.
+    assert parallel.choose_num_devices(0, (100,), available=8, per_process=4) == 4
+    assert parallel.choose_num_devices(0, (80, 400), available=8, per_process=4) == 8
+    with pytest.raises(ValueError, match="multiple of the 4 device"):
+        parallel.choose_num_devices(2, (100,), available=8, per_process=4)
+    with pytest.raises(ValueError, match="No device count"):
+        parallel.choose_num_devices(0, (6,), available=8, per_process=4)

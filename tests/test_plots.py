@@ -39,7 +39,7 @@ def test_classifier_figures_with_two_seeds(tmp_path):
             test={"error_avg": np.array([r["test_error_avg"] / 100 for r in rows])},
         )
     ]
-    assert_drawn(plots.test_error_vs_beta(rows, str(tmp_path / "error.png")))
+    assert_drawn(plots.test_error_vs_beta(rows, ["beta"], str(tmp_path / "error.png")))
     assert_drawn(plots.information_plane(rows, str(tmp_path / "plane.png")))
     assert_drawn(
         plots.learning_curves(
@@ -48,13 +48,22 @@ def test_classifier_figures_with_two_seeds(tmp_path):
     )
 
 
-def test_mean_and_std_by_groups_the_seeds():
-    rows = [{"beta": 1.0, "v": 1.0}, {"beta": 1.0, "v": 3.0}, {"beta": 0.1, "v": 5.0}]
-    assert plots._mean_and_std_by(rows, "beta", "v") == (
-        [0.1, 1.0],
-        [5.0, 2.0],
-        [0.0, float(np.sqrt(2))],
-    )
+def test_curves_over_beta_average_the_seeds_and_split_other_hyperparameters():
+    rows = [
+        {"seed": s, "beta": b, "rate_budget": c, "v": v}
+        for s, b, c, v in [
+            (0, 1.0, 0.0, 1.0),
+            (1, 1.0, 0.0, 3.0),
+            (0, 0.1, 0.0, 5.0),
+            (0, 1.0, 8.0, 7.0),
+        ]
+    ]
+    curves = plots._curves_over_beta(rows, ["beta", "rate_budget"], "v")
+    assert curves == {
+        "rate_budget=0": ([0.1, 1.0], [5.0, 2.0], [0.0, float(np.sqrt(2))]),
+        "rate_budget=8": ([1.0], [7.0], [0.0]),
+    }
+    assert list(plots._curves_over_beta(rows[:3], ["beta", "rate_budget"], "v")) == [""]
 
 
 def test_vae_figures(tmp_path):

@@ -142,6 +142,14 @@ def test_deterministic_baseline_has_no_rate(tmp_path):
         (["--sweep=rate_budget="], "--sweep must be NAME=VALUES"),
         (["--sweep=budget=1,2"], "sweep.budget is not a hyperparameter of this task"),
         (["--betas=1e-3,1e-3"], "sweep.beta must be free of duplicates"),
+        (["--num_devices=2"], "num_devices must be in [0, 1]"),
+        (["--config.task=vae"], "The config lacks an entry its task 'vae' needs"),
+        (
+            ["--config=experiments/configs/vae.py", "--deterministic"],
+            "--deterministic does not apply",
+        ),
+        (["--deterministic", "--sweep=rate_budget=1,2"], "sweep.rate_budget does not apply"),
+        (["--config.optimizer=lamb"], "optimizer must be one of"),
         (
             ["--config=experiments/configs/vae.py", "--train_samples=0"],
             "train_samples must be an integer >= 1",

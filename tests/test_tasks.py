@@ -28,7 +28,8 @@ def test_load_finds_package_tasks_and_dotted_paths():
         ({"beta": (0.1, 0.1)}, "sweep.beta must be free of duplicates"),
         (
             {"lambda": (1.0,)},
-            r"sweep.lambda is not a hyperparameter of this task; it has \['beta', 'rate_budget'\]",
+            "sweep.lambda is not a hyperparameter of this task; "
+            "it has beta: weight of the rate, per nat; rate_budget: C",
         ),
     ],
 )

@@ -143,23 +143,43 @@ def test_noise_of_an_example_does_not_depend_on_how_the_batch_is_split():
     assert not np.allclose(whole[:, 0], whole[:, 1])  # examples get different noise
 
 
-def test_member_keys_depend_on_the_seed_and_the_swept_values_only():
+def test_member_keys_depend_on_the_seed_and_the_values_away_from_the_defaults():
     data = lambda key: np.asarray(jax.random.key_data(key))
-    a = train.member_keys(0, {"beta": 1e-3, "rate_budget": 2.0})
-    same = train.member_keys(
-        0, {"rate_budget": 2.0, "beta": 1e-3}
-    )  # the order of the names is irrelevant
-    for x, y in zip(a, same):
-        np.testing.assert_array_equal(data(x), data(y))
-    other_beta = train.member_keys(0, {"beta": 1e-2, "rate_budget": 2.0})
-    other_seed = train.member_keys(1, {"beta": 1e-3, "rate_budget": 2.0})
-    assert not np.array_equal(data(a.noise), data(other_beta.noise))
+    defaults = {"beta": 0.0, "rate_budget": 0.0}
+    a = train.member_keys(0, {"beta": 1e-3, "rate_budget": 0.0}, defaults)
+    # A default value folds nothing in: the keys of the old engine, which knew beta alone.
+    only_beta = jax.random.fold_in(
+        jax.random.split(jax.random.key(0), 4)[2], np.float32(1e-3).view(np.uint32)
+    )
+    np.testing.assert_array_equal(data(a.noise), data(only_beta))
+    other_beta = train.member_keys(0, {"beta": 1e-2, "rate_budget": 0.0}, defaults)
+    other_budget = train.member_keys(0, {"beta": 1e-3, "rate_budget": 5.0}, defaults)
+    other_seed = train.member_keys(1, {"beta": 1e-3, "rate_budget": 0.0}, defaults)
+    for other in (other_beta, other_budget, other_seed):
+        assert not np.array_equal(data(a.noise), data(other.noise))
     np.testing.assert_array_equal(
         data(a.init), data(other_beta.init)
     )  # same seed: same init and order
-    np.testing.assert_array_equal(data(a.shuffle), data(other_beta.shuffle))
+    np.testing.assert_array_equal(data(a.shuffle), data(other_budget.shuffle))
     assert not np.array_equal(data(a.init), data(other_seed.init))
     assert not np.array_equal(data(a.shuffle), data(other_seed.shuffle))
+
+
+def test_a_member_has_the_same_keys_whichever_other_lists_the_sweep_has():
+    alone = toy_config()
+    alone.sweep.beta = (1e-3,)
+    wider = toy_config(seeds=(0, 1))
+    wider.sweep.beta = (1e-2, 1e-3)
+    with wider.sweep.unlocked():
+        wider.sweep.rate_budget = (0.0, 10.0)
+    members, keys, hparams = sweep.member_inputs(wider)
+    m = members.index({"seed": 0, "beta": 1e-3, "rate_budget": 0.0})
+    _, alone_keys, _ = sweep.member_inputs(alone)
+    for wide_key, alone_key in zip(keys, alone_keys):
+        np.testing.assert_array_equal(
+            jax.random.key_data(wide_key[m]), jax.random.key_data(alone_key[0])
+        )
+    assert float(hparams["rate_budget"][m]) == 0.0 and len(members) == 8
 
 
 @pytest.fixture(scope="module")
@@ -246,42 +266,3 @@ def test_evaluate_matches_a_direct_computation_with_padding(toy_data):
         (label_entropy - cross_entropy) / math.log(2), rel=1e-4
     )
     assert float(metrics["izx_bound_bits"]) == pytest.approx(rate / math.log(2), rel=1e-5)
-
-
-def test_one_device_runs_shard_map_only_for_a_vmapped_sweep():
-    mesh = parallel.make_mesh(1)
-    assert not parallel.uses_shard_map(mesh, at_once=1)
-    assert parallel.uses_shard_map(mesh, at_once=8)
-
-
-def test_members_at_once():
-    mesh = parallel.make_mesh(1)  # a CPU device in the tests
-    assert parallel.members_at_once(0, mesh, num_members=8) == 1  # CPU: one at a time
-    assert parallel.members_at_once(3, mesh, num_members=8) == 3
-    assert parallel.members_at_once(20, mesh, num_members=8) == 8
-    with pytest.raises(ValueError, match="members_at_once"):
-        parallel.members_at_once(-1, mesh, num_members=8)
-
-
-@pytest.mark.parametrize("at_once", [1, 2, 3, 4])
-def test_map_over_members_maps_the_swept_arguments_only(at_once):
-    fn = lambda x, shared, y: {"sum": x @ shared + y, "first": x[0]}
-    xs, ys = jnp.arange(12.0).reshape(4, 3), jnp.arange(4.0)
-    shared = jnp.array([1.0, 10.0, 100.0])
-    out = jax.jit(parallel.map_over_members(fn, (0, None, 0), at_once))(xs, shared, ys)
-    np.testing.assert_allclose(out["sum"], np.asarray(xs) @ np.asarray(shared) + np.asarray(ys))
-    np.testing.assert_allclose(out["first"], xs[:, 0])
-    single = parallel.map_over_members(fn, (0, None, 0), at_once)(xs[:1], shared, ys[:1])
-    assert single["sum"].shape == (1,) and float(single["sum"][0]) == 0 * 1 + 1 * 10 + 2 * 100
-
-
-def test_choose_num_devices():
-    assert (
-        parallel.choose_num_devices(0, (100, 1000), available=8) == 5
-    )  # 5 divides both; 6, 7, 8 do not
-    assert parallel.choose_num_devices(0, (128, 1000), available=8) == 8
-    assert parallel.choose_num_devices(2, (100,), available=8) == 2
-    with pytest.raises(ValueError, match="num_devices"):
-        parallel.choose_num_devices(3, (100,), available=8)
-    with pytest.raises(ValueError, match="num_devices"):
-        parallel.choose_num_devices(9, (100,), available=8)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import vae as vae_config
-from vib_jax import data, losses, sweep, train
+from vib_jax import data, losses, models, sweep, train
 from vib_jax.tasks import vae
 
 
@@ -37,6 +37,10 @@ def test_interpolation_linear_and_spherical():
         np.testing.assert_allclose(path[0], z0, atol=1e-6)
         np.testing.assert_allclose(path[-1], z1, atol=1e-6)
     np.testing.assert_allclose(vae.interpolate(z0, z1, 5, False)[2], [1.5, 1.5, 0.0], atol=1e-6)
+    parallel = vae.interpolate(z0, 2 * z0, 3, True)  # no great circle: the line
+    np.testing.assert_allclose(
+        parallel, [[3.0, 0.0, 0.0], [4.5, 0.0, 0.0], [6.0, 0.0, 0.0]], rtol=1e-6
+    )
     norms = jnp.linalg.norm(vae.interpolate(z0, z1, 5, True), axis=-1)
     np.testing.assert_allclose(norms, 3.0, rtol=1e-5)  # slerp keeps the norm; the line dips to 2.12
     assert float(jnp.linalg.norm(vae.interpolate(z0, z1, 5, False)[2])) == pytest.approx(
@@ -72,7 +76,7 @@ def test_chunked_nll_is_the_log_mean_exp_of_every_chunks_weights():
     weights = []
     for chunk in range(3):
         z = train.sample_latents(
-            jax.random.fold_in(jax.random.fold_in(key, 1), chunk),
+            jax.random.fold_in(jax.random.split(key)[1], chunk),
             batch.example_ids,
             mean,
             stddev,
@@ -116,7 +120,7 @@ def test_a_short_run_on_real_mnist_learns(tmp_path, objective, samples):
     config.nll_samples, config.nll_chunk_size, config.ema_decay = 200, 100, 0.9
     (row,) = sweep.train_and_evaluate(config, str(tmp_path / "vae"))
     # An untrained model scores ~540 nats; the best model that ignores z (pixel marginals) ~206.
-    assert row["test_nll_nats"] < 190.0, row
+    assert row["test_nll_nats"] < 196.0, row
     assert row["test_rate_nats"] > 2.0, row  # the latent carries information
     assert row["test_nll_nats"] <= -row["test_elbo_nats"] + 0.5, row  # NLL is below -ELBO
     for figure in (
@@ -129,16 +133,46 @@ def test_a_short_run_on_real_mnist_learns(tmp_path, objective, samples):
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_final_evaluation_runs_in_a_vmapped_sharded_sweep():
-    """Two seeds vmapped together run under shard_map (as every sweep on a GPU does)."""
+def test_the_final_evaluation_is_the_same_vmapped_under_shard_map_and_member_by_member():
+    """Two seeds vmapped together run under shard_map (as every sweep on a GPU does); one at a time
+    they run without it. The NLL's scan must give the same numbers either way."""
     from vib_jax import parallel
 
     images = jax.random.uniform(jax.random.key(0), (40, 784), minval=-1.0, maxval=1.0)
     labels = jnp.zeros(40, jnp.int32)
-    config = small_config(seeds=(0, 1), members_at_once=2, batch_size=20, eval_chunk_size=10)
     mesh = parallel.make_mesh(1)
-    setup = sweep.build_setup(config, mesh, images, labels)
     chunks = parallel.replicate(train.chunk_split(images, labels, 10, 10), mesh)
-    metrics = setup.final_evaluate(setup.states.ema_params, chunks)
-    assert metrics["nll"].shape == (2,) and np.all(np.isfinite(metrics["nll"]))
-    assert not np.allclose(metrics["nll"][0], metrics["nll"][1])  # two seeds, two inits
+    results = []
+    for at_once in (2, 1):
+        config = small_config(
+            seeds=(0, 1), members_at_once=at_once, batch_size=20, eval_chunk_size=10
+        )
+        setup = sweep.build_setup(config, mesh, images, labels)
+        results.append(setup.final_evaluate(setup.states.ema_params, chunks))
+    vmapped, one_by_one = results
+    assert vmapped["nll"].shape == (2,) and np.all(np.isfinite(vmapped["nll"]))
+    for name in ("nll", "elbo", "rate", "distortion"):
+        np.testing.assert_allclose(vmapped[name], one_by_one[name], rtol=1e-5)
+    assert not np.allclose(vmapped["nll"][0], vmapped["nll"][1])  # two seeds, two inits
+
+
+def test_the_gaussian_likelihood_trains_with_a_bounded_density():
+    images = jnp.concatenate(  # a border pixel that is black in every image
+        [
+            -jnp.ones((64, 1)),
+            jax.random.uniform(jax.random.key(0), (64, 783), minval=-1.0, maxval=1.0),
+        ],
+        axis=1,
+    )
+    labels = jnp.zeros(64, jnp.int32)
+    config = small_config(likelihood="gaussian", batch_size=16)
+    task = vae.build(config, sweep.data_info(config, images, labels))
+    state = task.init(jax.random.key(1))
+    step = jax.jit(train.make_train_step(task.update, 0.9, train.Collectives()))
+    batch = train.Batch(images[:16], labels[:16], jnp.arange(16, dtype=jnp.int32))
+    for _ in range(20):
+        state, metrics = step(state, batch, jax.random.key(2), {"beta": jnp.float32(1.0)})
+    assert np.isfinite(float(metrics["loss"]))
+    model = vae.model_from_config(config, 784)
+    stddev = model.apply(state.params, method=model.pixel_stddev)
+    assert stddev.shape == (784,) and float(stddev.min()) >= models.MIN_PIXEL_STDDEV

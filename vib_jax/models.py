@@ -18,6 +18,9 @@ from vib_jax import losses
 
 _glorot = nn.initializers.xavier_uniform()
 ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
+# The Gaussian image likelihood's smallest stddev, in [0, 1] grey levels (a quarter of a grey
+# level). MNIST's border pixels are 0 in every image: without a floor their density is unbounded.
+MIN_PIXEL_STDDEV = 1.0 / 1024
 
 
 def check_activation(activation: str) -> None:
@@ -148,7 +151,8 @@ class ImageDecoder(nn.Module):
     """p(x|z) over images: an MLP from latents `[..., K]` to per-pixel parameters `[..., D]`.
 
     `likelihood="bernoulli"` returns logits (binary pixels); `"gaussian"` returns the mean, and the
-    module also holds one learned stddev per pixel (`pixel_stddev`, softplus of a parameter), for
+    module also holds one learned stddev per pixel (`pixel_stddev`: `MIN_PIXEL_STDDEV` plus the
+    softplus of a parameter; the floor bounds the density of pixels that never vary), for
     grey levels in [0, 1]. Leading axes (samples, batch) pass through the dense layers unchanged.
 
     Attributes:
@@ -174,7 +178,7 @@ class ImageDecoder(nn.Module):
 
     def pixel_stddev(self) -> jax.Array:
         """The Gaussian likelihood's stddev per pixel, `[D]` (> 0)."""
-        return jax.nn.softplus(self.pre_stddev)
+        return MIN_PIXEL_STDDEV + jax.nn.softplus(self.pre_stddev)
 
 
 class VAE(nn.Module):

@@ -24,31 +24,48 @@ DATA_AXIS = "data"
 
 
 def choose_num_devices(
-    requested: int, must_divide: Sequence[int], available: int | None = None
+    requested: int,
+    must_divide: Sequence[int],
+    available: int | None = None,
+    per_process: int | None = None,
 ) -> int:
     """How many devices to use.
 
     Args:
       requested: 0 for "as many as possible", else an exact count.
       must_divide: sizes the device count must divide (the batch size, the evaluation chunk size).
-      available: the number of devices (default: all of them, across processes).
+      available: the number of devices, across processes (default: all of them).
+      per_process: with several processes, each process's device count, which the count must be a
+        multiple of (every process takes part); default: `jax.local_device_count()` when there are
+        several processes, else 1.
 
     Returns:
-      `requested` if it is valid, or for 0 the largest count <= available that divides every size.
+      `requested` if it is valid, or for 0 the largest valid count <= available.
     """
     available = jax.device_count() if available is None else available
+    if per_process is None:
+        per_process = jax.local_device_count() if jax.process_count() > 1 else 1
+    valid = [
+        n
+        for n in range(per_process, available + 1, per_process)
+        if all(size % n == 0 for size in must_divide)
+    ]
     if requested < 0 or requested > available:
         raise ValueError(
             f"num_devices must be in [0, {available}] (0: all that fit), got {requested}."
         )
-    if requested:
-        bad = [size for size in must_divide if size % requested]
-        if bad:
-            raise ValueError(
-                f"num_devices={requested} must divide the batch and evaluation chunk sizes {bad}."
-            )
-        return requested
-    return max(n for n in range(1, available + 1) if all(size % n == 0 for size in must_divide))
+    if requested and requested not in valid:
+        raise ValueError(
+            f"num_devices={requested} must divide the batch and evaluation chunk sizes "
+            f"{list(must_divide)} and be a multiple of the {per_process} device(s) of each process."
+        )
+    if not valid:
+        raise ValueError(
+            f"No device count divides the batch and evaluation chunk sizes {list(must_divide)} "
+            f"and is a multiple of the {per_process} device(s) of each process: change "
+            "batch_size or eval_chunk_size."
+        )
+    return requested or max(valid)
 
 
 def make_mesh(num_devices: int) -> Mesh:

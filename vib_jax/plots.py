@@ -10,6 +10,8 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
+from vib_jax import metrics
+
 
 def _beta_axis_values(rows: Sequence[dict]) -> list[float]:
     """Betas for a log axis: a beta of 0 (deterministic or unpenalised) is drawn at a tenth of the
@@ -27,18 +29,27 @@ def _log_scale_if_wide(axis, values: Sequence[float]) -> None:
         axis.set_xscale("log")
 
 
-def _mean_and_std_by(rows: Sequence[dict], group: str, value: str) -> tuple[list, list, list]:
-    """`(group values sorted, means, standard deviations)` of `value` over the rows of each group
-    value (the seeds of a sweep; sd 0 for one row)."""
-    keys = sorted({r[group] for r in rows})
-    values = [np.array([r[value] for r in rows if r[group] == key], float) for key in keys]
-    stds = [float(v.std(ddof=1)) if len(v) > 1 else 0.0 for v in values]
-    return keys, [float(v.mean()) for v in values], stds
+def _curves_over_beta(
+    rows: Sequence[dict], hyperparameters: Sequence[str], value: str
+) -> dict[str, tuple[list, list, list]]:
+    """`{label: (betas, means, standard deviations)}` of `value` over the seeds, one curve per
+    combination of the hyperparameters other than beta (label "" when beta is the only one)."""
+    summary = metrics.seed_summary(rows, hyperparameters, [value])
+    others = [h for h in hyperparameters if h != "beta"]
+    varying = [h for h in others if len({entry[h] for entry in summary}) > 1]
+    curves: dict[str, tuple[list, list, list]] = {}
+    for entry in sorted(summary, key=lambda e: e["beta"]):
+        betas, means, stds = curves.setdefault(member_label(entry, varying), ([], [], []))
+        betas.append(entry["beta"])
+        means.append(entry[f"{value}_mean"])
+        stds.append(entry[f"{value}_std"])
+    return curves
 
 
-def test_error_vs_beta(rows: Sequence[dict], path: str) -> str:
+def test_error_vs_beta(rows: Sequence[dict], hyperparameters: Sequence[str], path: str) -> str:
     """Test error (%) against beta (log axis), for 12-sample averaging, one sample and z = mean; the
-    mean over seeds, with their standard deviation as error bars when there are several."""
+    mean over seeds, with their standard deviation as error bars when there are several; one curve
+    per value of any other swept hyperparameter (`hyperparameters`: the rows' hyperparameters)."""
     figure = Figure(figsize=(5.5, 4))
     axes = figure.subplots()
     for key, label in (
@@ -46,9 +57,10 @@ def test_error_vs_beta(rows: Sequence[dict], path: str) -> str:
         ("test_error_1", "one sample"),
         ("test_error_mean", "z = mean"),
     ):
-        betas, means, stds = _mean_and_std_by(rows, "beta", key)
-        x = _beta_axis_values([{"beta": b} for b in betas])
-        axes.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=label)
+        for others, (betas, means, stds) in _curves_over_beta(rows, hyperparameters, key).items():
+            x = _beta_axis_values([{"beta": b} for b in betas])
+            name = f"{label}, {others}" if others else label
+            axes.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=name)
     axes.set(
         xscale="log",
         xlabel=r"$\beta$",
@@ -56,7 +68,7 @@ def test_error_vs_beta(rows: Sequence[dict], path: str) -> str:
         title="VIB: test error against beta",
     )
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize="small")
     return _save(figure, path)
 
 
@@ -74,9 +86,10 @@ def information_plane(rows: Sequence[dict], path: str) -> str:
     """The information plane (the paper's Fig. 1): I(Z;Y) lower bound against I(Z;X) upper bound, in
     bits.
 
-    One point per beta, coloured by log10 beta, for the training split and the test split.
+    One point per member, coloured by log10 beta, for the training split and the test split; the
+    line joins the members in order of beta (and of seed among equal betas).
     """
-    rows = sorted(rows, key=lambda r: r["beta"])
+    rows = sorted(rows, key=lambda r: (r["beta"], r.get("seed", 0)))
     betas = _beta_axis_values(rows)
     figure = Figure(figsize=(10, 4))
     axes = figure.subplots(1, 2, sharey=True)

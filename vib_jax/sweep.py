@@ -55,37 +55,46 @@ def _require(condition: bool, name: str, allowed: str, value: Any) -> None:
         raise ValueError(f"{name} must be {allowed}, got {value!r}.")
 
 
-def _is_int(value) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, (int, np.integer, float))
-        and int(value) == value
-    )
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first config entry out of its allowed range. Cheap: no I/O."""
+    """Raises ValueError naming the first config entry that is missing or out of its allowed range.
+    Cheap: no I/O."""
+    try:
+        _validate_entries(config)
+    except (KeyError, AttributeError) as error:
+        name = error.args[0] if isinstance(error, KeyError) else str(error)
+        raise ValueError(
+            f"The config lacks an entry its task {config.get('task')!r} needs ({name}); start from "
+            "that task's config file (experiments/configs/)."
+        ) from None
+
+
+def _validate_entries(config: ml_collections.ConfigDict) -> None:
     module = tasks.load(config.task)
     seeds = tuple(config.seeds)
     _require(len(seeds) > 0, "seeds", "a non-empty list of integers >= 0", seeds)
-    _require(all(_is_int(s) and s >= 0 for s in seeds), "seeds", "integers >= 0", seeds)
+    _require(all(tasks.is_int(s) and s >= 0 for s in seeds), "seeds", "integers >= 0", seeds)
     _require(len(set(seeds)) == len(seeds), "seeds", "free of duplicates", seeds)
     tasks.check_hyperparameters(module, config.sweep.to_dict())
     data.validate_dataset(config.dataset)
-    for name in _POSITIVE_INTS:
-        _require(_is_int(config[name]) and config[name] >= 1, name, "an integer >= 1", config[name])
+    tasks.check_positive_ints(config, _POSITIVE_INTS)
     for name in _NONNEGATIVE_INTS:
         _require(
-            _is_int(config[name]) and config[name] >= 0,
+            tasks.is_int(config[name]) and config[name] >= 0,
             name,
             "an integer >= 0 (0: all)",
             config[name],
         )
     _require(
-        _is_int(config.members_at_once) and config.members_at_once >= 0,
+        tasks.is_int(config.members_at_once) and config.members_at_once >= 0,
         "members_at_once",
         "an integer >= 0 (0: all on GPU/TPU, one at a time on CPU)",
         config.members_at_once,
+    )
+    _require(
+        config.optimizer in train.OPTIMIZERS,
+        "optimizer",
+        f"one of {train.OPTIMIZERS}",
+        config.optimizer,
     )
     _require(
         config.lr_schedule in train.LR_SCHEDULES,
@@ -107,6 +116,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             config.batch_size,
         )
     module.validate_config(config)
+    resolved_sweep(config)  # the task may refuse a sweep (e.g. of the deterministic baseline)
 
 
 def resolved_sweep(config: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
@@ -119,7 +129,7 @@ def resolved_sweep(config: ml_collections.ConfigDict) -> dict[str, tuple[float, 
 
 def sweep_members(config: ml_collections.ConfigDict) -> list[dict[str, float]]:
     """One dict per member, `{"seed": s, **every hyperparameter of the task}`: seeds outermost, then
-    the product of the swept lists in the config's order; unswept hyperparameters keep their
+    the product of the swept lists in the order of their names; unswept hyperparameters keep their
     default."""
     module = tasks.load(config.task)
     sweep = resolved_sweep(config)
@@ -169,8 +179,9 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Every check that can fail a run before it starts: the config, the data, the workdir. Writes
-    nothing.
+    """Every check that can fail a run before it starts: the config, the devices, the data, the
+    workdir. Writes nothing (with several processes, call it after `jax.distributed.initialize`:
+    it counts the devices).
 
     Raises:
       ValueError: a config entry out of range, or a workdir holding a run of another config.
@@ -178,6 +189,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
         it).
     """
     validate_config(config)
+    parallel.choose_num_devices(config.num_devices, (config.batch_size, config.eval_chunk_size))
     data.check_prepared(config.dataset)
     check_workdir(config, workdir)
 
@@ -222,12 +234,11 @@ def member_inputs(
     """The sweep's members (`sweep_members`), their keys stacked, and every hyperparameter of the
     task as a `[M]` float32 array."""
     members = sweep_members(config)
-    swept = resolved_sweep(config)
+    defaults = {n: spec.default for n, spec in tasks.load(config.task).HYPERPARAMETERS.items()}
     keys = train.stack(
-        [train.member_keys(m["seed"], {name: m[name] for name in swept}) for m in members]
+        [train.member_keys(m["seed"], {n: m[n] for n in defaults}, defaults) for m in members]
     )
-    names = tasks.load(config.task).HYPERPARAMETERS
-    hparams = {name: jnp.asarray([m[name] for m in members], jnp.float32) for name in names}
+    hparams = {n: jnp.asarray([m[n] for m in members], jnp.float32) for n in defaults}
     return members, keys, hparams
 
 
@@ -420,7 +431,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         _write_results(workdir, setup, rows, len(config.seeds))
         run = tasks.TrainedRun(
             workdir=workdir,
-            config=config,
             members=setup.members,
             rows=rows,
             records=metrics.read_jsonl(metrics_path),

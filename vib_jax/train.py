@@ -63,6 +63,7 @@ def init_state(params: Params, optimizer: optax.GradientTransformation, variable
 
 
 LR_SCHEDULES = ("staircase", "iwae")
+OPTIMIZERS = ("adam", "sgd")
 
 
 def learning_rate_schedule(
@@ -247,16 +248,19 @@ class MemberKeys(NamedTuple):
     eval: jax.Array
 
 
-def member_keys(seed: int, swept_hparams: Mapping[str, float]) -> MemberKeys:
-    """The keys of the member with this seed and these values of the swept hyperparameters.
+def member_keys(
+    seed: int, hparams: Mapping[str, float], defaults: Mapping[str, float]
+) -> MemberKeys:
+    """The keys of the member with this seed and these hyperparameters (`defaults`: the task's).
 
-    Each value's float32 bits are folded into the noise key in the order of the names: a member's
-    run is the same alone or inside a sweep, wherever it stands in the lists of values, and two
-    members that differ only in a hyperparameter draw independent noise.
+    The float32 bits of each hyperparameter that differs from its default are folded into the noise
+    key, in the order of the names. So a member's run depends on its values alone: it is the same
+    alone or inside any sweep, wherever it stands in the lists, whichever other lists the sweep
+    has; and two members that differ in a hyperparameter draw independent noise.
     """
     init, shuffle, noise, evaluation = jax.random.split(jax.random.key(seed), 4)
-    for name in sorted(swept_hparams):
-        value = jnp.asarray(swept_hparams[name], jnp.float32)
+    for name in sorted(n for n in hparams if hparams[n] != defaults[n]):
+        value = jnp.asarray(hparams[name], jnp.float32)
         noise = jax.random.fold_in(noise, jax.lax.bitcast_convert_type(value, jnp.uint32))
     return MemberKeys(init, shuffle, noise, evaluation)
 

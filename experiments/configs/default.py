@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_samples = 12
     # Optimisation: Adam(1e-4, 0.5, 0.999), lr * 0.97 every 2 epochs (staircase), Polyak EMA 0.999.
     config.batch_size = 100
+    config.optimizer = "adam"  # or "sgd"
     config.learning_rate = 1e-4
     config.lr_schedule = "staircase"  # or "iwae" (Burda et al.: 3^i epochs at lr * 10^(-i/7))
     config.lr_decay_rate = 0.97
@@ -38,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_chunk_size = 1000
     # Bookkeeping.
     config.checkpoint_every_epochs = 5
-    config.num_devices = 0  # 0: the most local devices that divide the batch and eval chunk sizes
+    config.num_devices = 0  # 0: the most devices (of all processes) dividing batch and eval chunk
     config.members_at_once = (
         0  # members vmapped together, groups in turn; 0: all on GPU/TPU, 1 on CPU
     )

@@ -55,14 +55,13 @@ class DataInfo(NamedTuple):
 class TrainedRun(NamedTuple):
     """A finished sweep, as figures need it (host arrays).
 
-    workdir: where it was written; config: its config; members: one dict per member (`seed` and
+    workdir: where it was written; members: one dict per member (`seed` and
     every hyperparameter); rows: the results table; records: the per-epoch records of metrics.jsonl;
     ema_params: the members' evaluation params, stacked along a leading member axis; test_images
     `[N, D]` and test_labels `[N]`: the test split.
     """
 
     workdir: str
-    config: Any
     members: Sequence[Mapping[str, float]]
     rows: Sequence[Mapping[str, float]]
     records: Sequence[Mapping[str, float]]
@@ -124,11 +123,33 @@ def load(name: str) -> ModuleType:
     try:
         return importlib.import_module(path)
     except ModuleNotFoundError as error:
-        if error.name is not None and not path.startswith(error.name):
+        if error.name != path and not path.startswith(f"{error.name}."):
             raise  # the task exists but something it imports does not
         raise ValueError(
             f"task must be one of {available()} or a dotted module path, got {name!r}."
         ) from None
+
+
+def is_int(value) -> bool:
+    """Whether `value` is an integer (an int, numpy integer or integral float; not a bool)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, np.integer, float))
+        and int(value) == value
+    )
+
+
+def check_positive_ints(config, names: Sequence[str]) -> None:
+    """Raises ValueError naming the first config entry of `names` that is not an integer >= 1."""
+    for name in names:
+        if not (is_int(config[name]) and config[name] >= 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {config[name]!r}.")
+
+
+def check_widths(config, name: str = "hidden_dims") -> None:
+    """Raises ValueError unless the config entry `name` lists integers >= 1 (layer widths)."""
+    if not all(is_int(w) and w >= 1 for w in config[name]):
+        raise ValueError(f"{name} must be integers >= 1, got {config[name]!r}.")
 
 
 def check_hyperparameters(module: ModuleType, sweep: Mapping[str, Sequence[float]]) -> None:
@@ -137,9 +158,8 @@ def check_hyperparameters(module: ModuleType, sweep: Mapping[str, Sequence[float
     known = module.HYPERPARAMETERS
     for name, values in sweep.items():
         if name not in known:
-            raise ValueError(
-                f"sweep.{name} is not a hyperparameter of this task; it has {sorted(known)}."
-            )
+            listed = "; ".join(f"{n}: {spec.doc}" for n, spec in sorted(known.items()))
+            raise ValueError(f"sweep.{name} is not a hyperparameter of this task; it has {listed}.")
         values = tuple(values)
         if not values:
             raise ValueError(f"sweep.{name} must be a non-empty list of floats, got {values!r}.")

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vib_jax import data, losses, models, plots, train
+from vib_jax import data, losses, models, plots, tasks, train
 from vib_jax.tasks import DataInfo, Hyperparameter, Task, TrainedRun
 
 HYPERPARAMETERS = {
@@ -55,17 +55,15 @@ _EVAL_BINARIZATION_KEY = 0
 
 def validate_config(config) -> None:
     """Raises ValueError naming the first of the task's config entries out of its range."""
-    for name in ("latent_dim", "train_samples", "eval_samples", "nll_samples", "nll_chunk_size"):
-        value = config[name]
-        if isinstance(value, bool) or int(value) != value or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    tasks.check_positive_ints(
+        config, ("latent_dim", "train_samples", "eval_samples", "nll_samples", "nll_chunk_size")
+    )
     if config.nll_samples % config.nll_chunk_size:
         raise ValueError(
             f"nll_chunk_size must divide nll_samples={config.nll_samples}, "
             f"got {config.nll_chunk_size}."
         )
-    if not all(int(w) == w and w >= 1 for w in config.hidden_dims):
-        raise ValueError(f"hidden_dims must be integers >= 1, got {config.hidden_dims!r}.")
+    tasks.check_widths(config)
     if config.likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {config.likelihood!r}.")
     if config.objective not in OBJECTIVES:
@@ -109,14 +107,19 @@ def evaluation_inputs(images: jax.Array, example_ids: jax.Array, likelihood: str
 
 def interpolate(z0: jax.Array, z1: jax.Array, num_steps: int, spherical: bool) -> jax.Array:
     """`num_steps` points `[T, K]` from z0 to z1 (both included), along the line or along the great
-    circle (slerp: the norms, which concentrate near sqrt(K) under a Gaussian prior, stay
-    typical)."""
+    circle (slerp: the norms, which concentrate near sqrt(K) under a Gaussian prior, stay typical).
+    Slerp of (nearly) parallel endpoints is the line."""
     t = jnp.linspace(0.0, 1.0, num_steps)[:, None]
+    line = (1.0 - t) * z0 + t * z1
     if not spherical:
-        return (1.0 - t) * z0 + t * z1
+        return line
     cosine = jnp.dot(z0, z1) / (jnp.linalg.norm(z0) * jnp.linalg.norm(z1))
     omega = jnp.arccos(jnp.clip(cosine, -1.0, 1.0))
-    return (jnp.sin((1.0 - t) * omega) * z0 + jnp.sin(t * omega) * z1) / jnp.sin(omega)
+    sine = jnp.sin(omega)
+    parallel = sine < 1e-6
+    safe_sine = jnp.where(parallel, 1.0, sine)
+    arc = (jnp.sin((1.0 - t) * omega) * z0 + jnp.sin(t * omega) * z1) / safe_sine
+    return jnp.where(parallel, line, arc)
 
 
 def build(config, data_info: DataInfo) -> Task:
@@ -167,7 +170,8 @@ def build(config, data_info: DataInfo) -> Task:
     def evaluate(params, batch, key, hparams):
         del hparams
         x = eval_targets(batch)
-        log_px, _, rate = log_weights(params, x, batch.example_ids, key, config.eval_samples)
+        sample_key, _ = jax.random.split(key)  # the second key is the NLL's
+        log_px, _, rate = log_weights(params, x, batch.example_ids, sample_key, config.eval_samples)
         distortion = -jnp.mean(log_px, axis=0)
         return {"distortion": distortion, "rate": rate, "elbo": -(distortion + rate)}
 
@@ -190,7 +194,7 @@ def build(config, data_info: DataInfo) -> Task:
 
     def final_evaluate(params, batch, key, hparams):
         metrics = evaluate(params, batch, key, hparams)
-        nll_key = jax.random.fold_in(key, 1)
+        _, nll_key = jax.random.split(key)
         nll = negative_log_likelihood(params, eval_targets(batch), batch.example_ids, nll_key)
         return metrics | {"nll": nll}
 

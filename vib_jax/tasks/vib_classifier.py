@@ -16,7 +16,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from vib_jax import losses, models, plots, train
+from vib_jax import losses, models, plots, tasks, train
 from vib_jax.tasks import DataInfo, Hyperparameter, Task, TrainedRun
 
 HYPERPARAMETERS = {
@@ -38,19 +38,19 @@ RESULT_COLUMNS = tuple(
 
 def validate_config(config) -> None:
     """Raises ValueError naming the first of the task's config entries out of its range."""
-    for name in ("latent_dim", "train_samples", "eval_samples"):
-        value = config[name]
-        if isinstance(value, bool) or int(value) != value or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    if not all(int(w) == w and w >= 1 for w in config.hidden_dims):
-        raise ValueError(f"hidden_dims must be integers >= 1, got {config.hidden_dims!r}.")
+    tasks.check_positive_ints(config, ("latent_dim", "train_samples", "eval_samples"))
+    tasks.check_widths(config)
 
 
 def resolve_sweep(config, sweep: dict) -> dict:
-    """The deterministic baseline has no rate term, so it is one member at beta = 0."""
-    if config.deterministic:
-        return {"beta": (0.0,)}
-    return sweep
+    """The deterministic baseline has no rate term, so it is one member at beta = 0 (whatever the
+    betas); a sweep of its other hyperparameters would train copies of one model: refused."""
+    if not config.deterministic:
+        return sweep
+    others = sorted(name for name in sweep if name != "beta")
+    if others:
+        raise ValueError(f"deterministic has no rate, so sweep.{others[0]} does not apply to it.")
+    return {"beta": (0.0,)}
 
 
 def model_from_config(config, num_classes: int) -> models.VIBClassifier:
@@ -146,7 +146,7 @@ def figures(run: TrainedRun) -> list[str]:
     """Test error against beta, the information plane (the paper's Fig. 1) and learning curves."""
     path = lambda name: os.path.join(run.workdir, name)
     return [
-        plots.test_error_vs_beta(run.rows, path("test_error_vs_beta.png")),
+        plots.test_error_vs_beta(run.rows, list(HYPERPARAMETERS), path("test_error_vs_beta.png")),
         plots.information_plane(run.rows, path("information_plane.png")),
         plots.learning_curves(
             run.records, "test/error_avg", "test error (%)", path("learning_curves.png"), scale=100
