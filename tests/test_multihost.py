@@ -77,6 +77,20 @@ def run_two_processes(workdir, timeout=400):
     return [stdout for stdout, _ in outputs]
 
 
+def run_one_process(*flags):
+    """One process with 8 devices; fails the test if it fails."""
+    result = subprocess.run(
+        entrypoint(*flags),
+        cwd=REPO,
+        env=environment(8),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def read_rows(workdir):
     with open(os.path.join(workdir, "results.csv")) as handle:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
@@ -85,15 +99,7 @@ def read_rows(workdir):
 def test_two_processes_equal_one_and_resume_in_one(tmp_path):
     two, one = str(tmp_path / "two_processes"), str(tmp_path / "one_process")
     stdouts = run_two_processes(two)
-    single = subprocess.run(
-        entrypoint(f"--workdir={one}"),
-        cwd=REPO,
-        env=environment(8),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
+    run_one_process(f"--workdir={one}")
 
     # Only process 0 writes: one table printed, each record once.
     assert "| seed | beta |" in stdouts[0] and "| seed | beta |" not in stdouts[1]
@@ -111,15 +117,7 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path):
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
 
     # A single process resumes the two-process run from its checkpoint of epoch 2.
-    resumed = subprocess.run(
-        entrypoint(f"--workdir={two}", "--num_epochs=3"),
-        cwd=REPO,
-        env=environment(8),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = run_one_process(f"--workdir={two}", "--num_epochs=3")
     assert "Resuming from the checkpoint of epoch 2" in resumed.stderr
     epochs = [json.loads(line)["epoch"] for line in open(os.path.join(two, "metrics.jsonl"))]
     assert epochs == [1, 1, 2, 2, 3, 3]

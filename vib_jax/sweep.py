@@ -394,9 +394,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         unit="epoch",
         disable=not (config.progress and writer),
     )
-    test_metrics = (
-        None  # the newest test evaluation, reused for the results when it is the last one
-    )
+    # The newest test evaluation, reused for the results when it is the last one.
+    test_metrics = None
     for epoch in progress:
         started = time.perf_counter()
         states, batch_metrics = setup.run_epoch(states, epoch)
