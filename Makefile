@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install data test test-slow lint run sweep vae rd bench clean
+.PHONY: install data test test-slow lint run sweep vae rd table1 bench clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,13 @@ vae: data
 # The VAE's rate-distortion curve: 9 betas from 0.1 to 10, trained at once.
 rd: data
 	$(PY) -m experiments.sweep_beta --config=experiments/configs/vae.py --betas=0.1:10:9 --workdir=workdirs/rd $(ARGS)
+
+# The paper's classification results (experiments/table1.py): the 25-epoch ablation of the official
+# recipes, Table 1's baselines and the two recipes at 200 epochs, K = 2; then the tables. Each arm
+# is 5 seeds in one program, in its own resumable workdir under workdirs/table1.
+table1: data
+	for study in ablation baselines long k2; do $(PY) -m experiments.table1 --study=$$study $(ARGS) || exit 1; done
+	$(PY) -m experiments.table1 --report $(ARGS)
 
 # Step-time benchmarks against the matrix-product roofline (prints a Markdown table).
 bench: install

@@ -25,7 +25,8 @@ def build(config, data):
     optimizer = train.make_optimizer(config, data.steps_per_epoch)
 
     def loss_fn(params, batch, key, hparams, collectives):
-        mean, stddev, logits = vib_classifier.posterior_and_logits(model, params, batch, key, 1)
+        mean, stddev, z = vib_classifier.posterior_and_latents(model, params, batch, key, 1)
+        logits = model.apply(params, z, method=model.decode)
         loss, metrics = losses.vib_loss(
             logits, batch.labels, losses.kl_divergence(mean, stddev), hparams["beta"]
         )

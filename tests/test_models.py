@@ -29,8 +29,8 @@ def test_output_shapes_with_monte_carlo_samples(paper_model_and_params):
     images = jax.random.uniform(jax.random.key(2), (5, 28, 28, 1), minval=-1, maxval=1)
     out = model.apply(params, images, jax.random.key(3), num_samples=12)
     assert out.logits.shape == (12, 5, 10)
-    assert out.mean.shape == out.stddev.shape == (5, 256)
-    assert np.all(out.stddev > 0)
+    assert out.mean.shape == out.scale.shape == (5, 256)
+    assert np.all(out.scale > 0)
     # Different samples give different logits; the same key gives the same ones.
     assert not np.allclose(out.logits[0], out.logits[1])
     again = model.apply(params, images, jax.random.key(3), num_samples=12)
@@ -60,7 +60,7 @@ def test_deterministic_baseline_has_no_noise():
     params = model.init(jax.random.key(0), jnp.zeros((1, 784)), jax.random.key(1))
     assert models.count_params(params) == 784 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
     out = model.apply(params, jnp.ones((2, 784)), jax.random.key(2), num_samples=4)
-    np.testing.assert_array_equal(out.stddev, np.zeros((2, 16)))
+    np.testing.assert_array_equal(out.scale, np.zeros((2, 16)))
     np.testing.assert_allclose(out.logits, np.broadcast_to(out.logits[0], out.logits.shape))
 
 
@@ -72,9 +72,9 @@ def test_jit_grad_and_vmap_compose():
 
     def loss(params, beta, rng):
         out = model.apply(params, images, rng, num_samples=3)
-        return losses.vib_loss(
-            out.logits, labels, losses.kl_divergence(out.mean, out.stddev), beta
-        )[0]
+        return losses.vib_loss(out.logits, labels, losses.kl_divergence(out.mean, out.scale), beta)[
+            0
+        ]
 
     grads = jax.jit(jax.grad(loss))(params, 1e-3, jax.random.key(3))
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)

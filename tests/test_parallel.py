@@ -44,8 +44,11 @@ CHECK = textwrap.dedent(
         config.optimizer, config.learning_rate = "sgd", 0.1
         config.seeds, config.members_at_once = (0, 1), members_at_once
         config.sweep.beta = (1e-3,)
-        if task_name != "vib_classifier":
-            config.sweep.weight = (10.0,)
+        with config.sweep.unlocked():
+            if task_name == "vib_classifier":
+                config.sweep.dropout = (0.3,)  # each example's mask from its own key
+            else:
+                config.sweep.weight = (10.0,)
         mesh = parallel.make_mesh(num_devices)
         setup = sweep.build_setup(config, mesh, images, labels)
         initial = jax.device_get(setup.states.params)  # the epoch donates the states it is given

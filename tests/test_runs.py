@@ -10,6 +10,7 @@ import pytest
 from experiments.configs import smoke
 from experiments.configs import vae as vae_config
 from vib_jax import runs, sweep
+from vib_jax.tasks import vib_classifier
 
 pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("real_mnist")]
 
@@ -29,7 +30,8 @@ def test_a_trained_sweep_round_trips(vib_run):
     workdir, config, rows = vib_run
     run = runs.load(workdir)
     assert run.epoch == 2 and run.config.task == "vib_classifier"
-    assert run.members == [{"seed": s, "beta": 1e-3, "rate_budget": 0.0} for s in (0, 1)]
+    defaults = {name: spec.default for name, spec in vib_classifier.HYPERPARAMETERS.items()}
+    assert run.members == [defaults | {"seed": s, "beta": 1e-3} for s in (0, 1)]
     assert run.config.to_dict() == json.load(open(f"{workdir}/config.json"))
     assert [r["test_error_avg"] for r in run.results] == pytest.approx(
         [r["test_error_avg"] for r in rows]

@@ -7,6 +7,8 @@ from experiments.configs import default
 from vib_jax import sweep, tasks
 from vib_jax.tasks import vae, vib_classifier
 
+DEFAULTS = {name: spec.default for name, spec in vib_classifier.HYPERPARAMETERS.items()}
+
 
 def test_load_finds_package_tasks_and_dotted_paths():
     assert tasks.load("vae") is vae
@@ -26,10 +28,16 @@ def test_load_finds_package_tasks_and_dotted_paths():
         ({"beta": (float("inf"),)}, "sweep.beta values must be finite"),
         ({"rate_budget": (-2.0,)}, "sweep.rate_budget values must be finite and >= 0"),
         ({"beta": (0.1, 0.1)}, "sweep.beta must be free of duplicates"),
+        ({"dropout": (0.5, 1.0)}, r"sweep.dropout values must be finite and in \[0, 1\)"),
+        ({"label_smoothing": (-0.1,)}, r"sweep.label_smoothing values must be finite and in"),
+        (
+            {"confidence_penalty": (-1.0,)},
+            "sweep.confidence_penalty values must be finite and >= 0",
+        ),
         (
             {"lambda": (1.0,)},
             "sweep.lambda is not a hyperparameter of this task; "
-            "it has beta: weight of the rate, per nat; rate_budget: C",
+            "it has beta: weight of the rate, per nat; confidence_penalty: weight",
         ),
     ],
 )
@@ -46,12 +54,10 @@ def test_members_are_seeds_times_the_product_of_the_lists():
         config.sweep.rate_budget = (5.0,)
     members = sweep.sweep_members(config)
     assert members == [
-        {"seed": s, "beta": b, "rate_budget": 5.0} for s in (3, 4) for b in (1e-3, 1e-2)
+        DEFAULTS | {"seed": s, "beta": b, "rate_budget": 5.0} for s in (3, 4) for b in (1e-3, 1e-2)
     ]
     config.sweep = {"beta": (1e-3,)}
-    assert sweep.sweep_members(config) == [
-        {"seed": s, "beta": 1e-3, "rate_budget": 0.0} for s in (3, 4)
-    ]
+    assert sweep.sweep_members(config) == [DEFAULTS | {"seed": s, "beta": 1e-3} for s in (3, 4)]
 
 
 def test_the_deterministic_baseline_is_one_member_at_beta_zero():

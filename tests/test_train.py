@@ -16,6 +16,12 @@ from vib_jax.tasks import vib_classifier
 INPUT_DIM, NUM_EXAMPLES, BATCH = 12, 96, 16
 
 
+def vib_hparams(**values):
+    """One member's hyperparameters as the step sees them: the task's defaults, then `values`."""
+    defaults = {name: spec.default for name, spec in vib_classifier.HYPERPARAMETERS.items()}
+    return {name: jnp.float32(value) for name, value in (defaults | values).items()}
+
+
 def toy_config(**overrides):
     """The smoke config on a small model, for the toy problem below."""
     config = smoke.get_config()
@@ -68,30 +74,69 @@ def test_iwae_schedule_runs_3_to_the_i_epochs_per_stage():
     assert float(schedule(10_000 * 10)) == pytest.approx(1e-4, rel=1e-5)  # the last rate stays
 
 
-def test_ema_follows_its_recursion_from_the_initial_params(toy_data):
+def run_steps(toy_data, decay, debias, num_steps):
+    """`num_steps` VIB steps from a fresh state: the final state and the params after each step."""
     images, labels = toy_data
-    config, decay = toy_config(), 0.9
-    task = vib_task(config, images, labels)
-    step = jax.jit(train.make_train_step(task.update, decay, train.Collectives()))
+    task = vib_task(toy_config(), images, labels)
+    step = jax.jit(train.make_train_step(task.update, decay, train.Collectives(), debias))
     state = task.init(jax.random.key(2))
-    expected = state.params
     batch = train.Batch(images[:BATCH], labels[:BATCH], jnp.arange(BATCH, dtype=jnp.int32))
-    hparams = {"beta": jnp.float32(1e-3), "rate_budget": jnp.float32(0.0)}
-    for _ in range(4):
+    hparams = vib_hparams(beta=1e-3)
+    history = [state.params]
+    for _ in range(num_steps):
         state, _ = step(state, batch, jax.random.key(3), hparams)
-        expected = jax.tree_util.tree_map(
-            lambda e, p: decay * e + (1 - decay) * p, expected, state.params
-        )
-    assert int(state.step) == 4
+        history.append(state.params)
+    assert int(state.step) == num_steps
+    return state, history
+
+
+def assert_trees_close(actual, expected):
     jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-        state.ema_params,
-        expected,
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), actual, expected
     )
+
+
+def test_plain_ema_follows_its_recursion_from_the_initial_params(toy_data):
+    decay = 0.9
+    state, history = run_steps(toy_data, decay, debias=False, num_steps=4)
+    expected = history[0]
+    for params in history[1:]:
+        expected = jax.tree_util.tree_map(
+            lambda e, p: decay * e + (1 - decay) * p, expected, params
+        )
+    assert_trees_close(state.ema_params, expected)
     changed = jax.tree_util.tree_map(
         lambda a, b: not np.allclose(a, b), state.ema_params, state.params
     )
     assert any(jax.tree_util.tree_leaves(changed))  # the average lags the params
+
+
+def test_debiased_ema_is_the_zero_started_average_over_one_minus_decay_to_the_t(toy_data):
+    decay, num_steps = 0.9, 5
+    state, history = run_steps(toy_data, decay, debias=True, num_steps=num_steps)
+    # numpy: m_t = decay m_{t-1} + (1 - decay) p_t from m_0 = 0, then m_t / (1 - decay^t).
+    biased = jax.tree_util.tree_map(np.zeros_like, history[0])
+    for params in history[1:]:
+        biased = jax.tree_util.tree_map(
+            lambda m, p: decay * m + (1 - decay) * np.asarray(p), biased, params
+        )
+    assert_trees_close(
+        state.ema_params, jax.tree_util.tree_map(lambda m: m / (1 - decay**num_steps), biased)
+    )
+    # ... and optax's debiased EMA agrees, with no trace of the initial params.
+    ema = optax.ema(decay, debias=True)
+    ema_state = ema.init(history[0])
+    for params in history[1:]:
+        averaged, ema_state = ema.update(params, ema_state)
+    assert_trees_close(state.ema_params, averaged)
+
+
+def test_after_one_update_the_debiased_ema_is_the_params():
+    for decay in (0.0, 0.5, 0.999):
+        assert float(train.ema_step_size(decay, jnp.int32(1), True)) == pytest.approx(1.0)
+        late = float(train.ema_step_size(decay, jnp.int32(100_000), True))
+        assert late == pytest.approx(1 - decay, rel=1e-4)
+    assert float(train.ema_step_size(0.999, jnp.int32(1), False)) == pytest.approx(1e-3)
 
 
 @pytest.mark.parametrize("rate_budget", [0.0, 50.0])
@@ -104,7 +149,7 @@ def test_vib_step_applies_adam_to_the_gradient_of_vib_loss(toy_data, rate_budget
     state = task.init(jax.random.key(4))
     ids = jnp.arange(BATCH, dtype=jnp.int32)
     noise_key, beta = jax.random.key(5), 0.5
-    hparams = {"beta": jnp.float32(beta), "rate_budget": jnp.float32(rate_budget)}
+    hparams = vib_hparams(beta=beta, rate_budget=rate_budget)
     step = train.make_train_step(task.update, 0.9, train.Collectives())
     new_state, metrics = step(
         state, train.Batch(images[:BATCH], labels[:BATCH], ids), noise_key, hparams
@@ -173,7 +218,11 @@ def test_a_member_has_the_same_keys_whichever_other_lists_the_sweep_has():
     with wider.sweep.unlocked():
         wider.sweep.rate_budget = (0.0, 10.0)
     members, keys, hparams = sweep.member_inputs(wider)
-    m = members.index({"seed": 0, "beta": 1e-3, "rate_budget": 0.0})
+    m = next(
+        i
+        for i, member in enumerate(members)
+        if (member["seed"], member["beta"], member["rate_budget"]) == (0, 1e-3, 0.0)
+    )
     _, alone_keys, _ = sweep.member_inputs(alone)
     for wide_key, alone_key in zip(keys, alone_keys):
         np.testing.assert_array_equal(
@@ -266,3 +315,34 @@ def test_evaluate_matches_a_direct_computation_with_padding(toy_data):
         (label_entropy - cross_entropy) / math.log(2), rel=1e-4
     )
     assert float(metrics["izx_bound_bits"]) == pytest.approx(rate / math.log(2), rel=1e-5)
+
+
+@pytest.mark.parametrize("covariance", ["diagonal", "full"])
+def test_the_monte_carlo_rate_in_training_estimates_the_closed_form_kl(toy_data, covariance):
+    """The official JAX notebook's rate, log q(z|x) - log r(z) on the training samples: its batch
+    mean is within 3 standard errors of the closed-form KL of the same posteriors."""
+    images, labels = toy_data
+    num_samples = 4000
+    config = toy_config(
+        rate_estimator="monte_carlo", train_samples=num_samples, covariance=covariance
+    )
+    task = vib_task(config, images, labels)
+    model = vib_classifier.model_from_config(config, 10)
+    state = task.init(jax.random.key(4))
+    batch = train.Batch(images[:BATCH], labels[:BATCH], jnp.arange(BATCH, dtype=jnp.int32))
+    step = train.make_train_step(task.update, 0.9, train.Collectives())
+    _, metrics = step(state, batch, jax.random.key(5), vib_hparams(beta=1e-3))
+    mean, scale = model.apply(state.params, batch.images, method=model.encode)
+    assert scale.shape == ((BATCH, 4, 4) if covariance == "full" else (BATCH, 4))
+    z = losses.reparameterize(jax.random.key(6), mean, scale, num_samples)
+    # The estimator's spread: the batch mean of log q - log r, one posterior sample at a time.
+    per_sample = np.asarray(
+        jax.vmap(lambda zs: losses.monte_carlo_rate(zs[None], mean, scale))(z), np.float64
+    )
+    standard_error = per_sample.mean(1).std() / np.sqrt(num_samples)
+    closed_form = float(jnp.mean(losses.kl_to_standard_normal(mean, scale)))
+    assert abs(float(metrics["rate"]) - closed_form) < 3 * standard_error, (
+        float(metrics["rate"]),
+        closed_form,
+        standard_error,
+    )

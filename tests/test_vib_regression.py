@@ -21,11 +21,12 @@ ERRORS = ("error_avg", "error_1", "error_mean")
 
 def reference_config(seeds, deterministic=False):
     """The reference runs' config (with ema_decay 0.5, the evaluation follows the trained
-    params)."""
+    params; the old engine's EMA was not debiased)."""
     config = smoke.get_config()
     config.progress = False
     config.train_subset, config.test_subset, config.train_eval_size = 2000, 500, 500
     config.num_epochs, config.checkpoint_every_epochs, config.ema_decay = 2, 2, 0.5
+    config.ema_debias = False
     config.sweep.beta, config.seeds, config.deterministic = (1e-4, 1e-1), seeds, deterministic
     return config
 

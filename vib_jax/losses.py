@@ -56,24 +56,65 @@ def _check_same_shape(**arrays) -> None:
 # Sampling and Gaussian densities.
 
 
+def is_cholesky_factor(mean: jax.Array, scale: jax.Array) -> bool:
+    """Whether `scale` is a Cholesky factor `[..., K, K]` (full covariance) rather than stddevs
+    `[..., K]` (diagonal) for means `[..., K]`: the one rule the functions taking either use."""
+    return jnp.ndim(scale) == jnp.ndim(mean) + 1
+
+
+def _check_cholesky_shape(mean: jax.Array, scale_tril: jax.Array) -> None:
+    expected = (*jnp.shape(mean), jnp.shape(mean)[-1])
+    if jnp.shape(scale_tril) != expected:
+        raise ValueError(
+            f"scale_tril must have shape [..., K, K]={expected} to match mean "
+            f"{jnp.shape(mean)}, got {jnp.shape(scale_tril)}."
+        )
+
+
 def reparameterize(
-    rng: jax.Array, mean: jax.Array, stddev: jax.Array, num_samples: int = 1
+    rng: jax.Array, mean: jax.Array, scale: jax.Array, num_samples: int = 1
 ) -> jax.Array:
-    """Samples z ~ N(mean, diag(stddev^2)) by the reparameterisation z = mean + stddev * eps.
+    """Samples z ~ N(mean, Sigma) by the reparameterisation z = mean + L eps.
 
     Args:
       rng: a `jax.random` key.
       mean: `[..., K]` posterior means.
-      stddev: `[..., K]` posterior standard deviations (same shape as `mean`).
+      scale: `[..., K]` standard deviations (Sigma = diag(scale^2)), or a lower-triangular
+        Cholesky factor L `[..., K, K]` with positive diagonal (Sigma = L L^T).
       num_samples: S >= 1, the number of Monte-Carlo samples.
 
     Returns:
-      `[S, ..., K]` samples; gradients flow to `mean` and `stddev` (pathwise estimator).
+      `[S, ..., K]` samples; gradients flow to `mean` and `scale` (pathwise estimator).
     """
     _check_positive_int("num_samples", num_samples)
-    _check_same_shape(mean=mean, stddev=stddev)
+    full = is_cholesky_factor(mean, scale)
+    if full:
+        _check_cholesky_shape(mean, scale)
+    else:
+        _check_same_shape(mean=mean, stddev=scale)
     eps = jax.random.normal(rng, (num_samples, *jnp.shape(mean)), dtype=jnp.result_type(mean))
-    return mean + stddev * eps
+    if full:
+        return mean + jnp.einsum("...ij,s...j->s...i", scale, eps)
+    return mean + scale * eps
+
+
+def full_gaussian_log_prob(x: jax.Array, mean: jax.Array, scale_tril: jax.Array) -> jax.Array:
+    """log N(x; mean, L L^T) in nats, for a lower-triangular L with positive diagonal.
+
+    Args:
+      x: `[S, ..., K]` points (a leading sample axis, e.g. from `reparameterize`).
+      mean: `[..., K]` means.
+      scale_tril: `[..., K, K]` Cholesky factors L.
+
+    Returns:
+      `[S, ...]` log-densities: -|L^-1 (x - mean)|^2 / 2 - sum_i log L_ii - K log(2 pi) / 2.
+    """
+    _check_cholesky_shape(mean, scale_tril)
+    residual = jnp.moveaxis(x - mean, 0, -1)  # [..., K, S]
+    standardized = jax.lax.linalg.triangular_solve(scale_tril, residual, left_side=True, lower=True)
+    log_det = jnp.sum(jnp.log(jnp.diagonal(scale_tril, axis1=-2, axis2=-1)), axis=-1)
+    quadratic = jnp.moveaxis(jnp.sum(jnp.square(standardized), axis=-2), -1, 0)
+    return -0.5 * quadratic - log_det - jnp.shape(mean)[-1] * _HALF_LOG_2PI
 
 
 def gaussian_log_prob(x: jax.Array, mean: jax.Array, stddev: jax.Array) -> jax.Array:
@@ -132,26 +173,60 @@ def kl_divergence(
     return 0.5 * jnp.sum(scale_term + location_term, axis=-1)
 
 
+def kl_divergence_full(mean: jax.Array, scale_tril: jax.Array) -> jax.Array:
+    """Closed-form KL( N(mean, L L^T) || N(0, I) ) for a full-covariance Gaussian, in nats.
+
+    KL = (|L|_F^2 + |mean|^2 - K) / 2 - sum_i log L_ii: the trace of the covariance is the squared
+    Frobenius norm of its Cholesky factor, and its log-determinant twice the sum of log L_ii.
+    For a diagonal L it equals `kl_divergence(mean, diag(L))`.
+
+    Args:
+      mean: `[..., K]` posterior means.
+      scale_tril: `[..., K, K]` lower-triangular Cholesky factors with positive diagonal (the
+        upper triangle is ignored).
+
+    Returns:
+      `[...]` KL divergences: one value per example.
+    """
+    _check_cholesky_shape(mean, scale_tril)
+    log_diagonal = jnp.log(jnp.diagonal(scale_tril, axis1=-2, axis2=-1))
+    trace = jnp.sum(jnp.square(jnp.tril(scale_tril)), axis=(-2, -1))
+    location = jnp.sum(jnp.square(mean), axis=-1)
+    return 0.5 * (trace + location - jnp.shape(mean)[-1]) - jnp.sum(log_diagonal, axis=-1)
+
+
+def kl_to_standard_normal(mean: jax.Array, scale: jax.Array) -> jax.Array:
+    """KL( q || N(0, I) ) in nats, `[...]`, for q given by stddevs `[..., K]` (`kl_divergence`) or a
+    Cholesky factor `[..., K, K]` (`kl_divergence_full`): the rate of either posterior."""
+    if is_cholesky_factor(mean, scale):
+        return kl_divergence_full(mean, scale)
+    return kl_divergence(mean, scale)
+
+
 def monte_carlo_rate(
     z: jax.Array,
     mean: jax.Array,
-    stddev: jax.Array,
+    scale: jax.Array,
     marginal_log_prob: Callable[[jax.Array], jax.Array] = standard_normal_log_prob,
 ) -> jax.Array:
     """Monte-Carlo estimate of the rate KL(q(z|x) || r(z)) = E_q[log q(z|x) - log r(z)], in nats.
 
-    For marginals r(z) with no closed-form KL (e.g. a learned mixture). Unbiased for each example.
+    For marginals r(z) with no closed-form KL (e.g. a learned mixture), and the recipe of the
+    official JAX notebook. Unbiased for each example.
 
     Args:
       z: `[S, B, K]` samples from q(z|x) (e.g. from `reparameterize`).
       mean: `[B, K]` posterior means.
-      stddev: `[B, K]` posterior standard deviations.
+      scale: `[B, K]` posterior standard deviations, or Cholesky factors `[B, K, K]`.
       marginal_log_prob: maps `[S, B, K]` latents to `[S, B]` log r(z).
 
     Returns:
       `[B]` estimates, the average over the S samples.
     """
-    log_posterior = gaussian_log_prob(z, mean, stddev)
+    if is_cholesky_factor(mean, scale):
+        log_posterior = full_gaussian_log_prob(z, mean, scale)
+    else:
+        log_posterior = gaussian_log_prob(z, mean, scale)
     return jnp.mean(log_posterior - marginal_log_prob(z), axis=0)
 
 
@@ -172,6 +247,33 @@ def categorical_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array
     labels = jnp.broadcast_to(labels, jnp.shape(logits)[:-1]).astype(jnp.int32)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+
+
+def smoothed_cross_entropy(
+    logits: jax.Array, labels: jax.Array, smoothing: jax.Array | float
+) -> jax.Array:
+    """Cross-entropy against the label smoothed towards uniform (Szegedy et al. 2016), in nats:
+    `(1 - smoothing) * CE(label) + smoothing * mean_k(-log p_k)`.
+
+    Args:
+      logits: `[..., C]`.
+      labels: int labels broadcastable to `logits.shape[:-1]`.
+      smoothing: epsilon in [0, 1) (a scalar; may be traced). 0 gives `categorical_cross_entropy`
+        exactly.
+
+    Returns:
+      `logits.shape[:-1]` values.
+    """
+    _check_nonnegative("smoothing", smoothing)
+    uniform = -jnp.mean(jax.nn.log_softmax(logits, axis=-1), axis=-1)
+    return (1.0 - smoothing) * categorical_cross_entropy(logits, labels) + smoothing * uniform
+
+
+def softmax_entropy(logits: jax.Array) -> jax.Array:
+    """H(softmax(logits)) in nats, `[..., C] -> [...]`: what the confidence penalty (Pereyra et al.
+    2017) rewards."""
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
 
 
 def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
@@ -275,9 +377,11 @@ def vib_loss(
     *,
     rate_budget: jax.Array | float | None = None,
     label_entropy: float | None = None,
+    label_smoothing: jax.Array | float = 0.0,
+    confidence_penalty: jax.Array | float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The VIB objective: E[-log q(y|z)] + beta * E[KL(q(z|x) || r(z))] (`bottleneck_loss`,
-    y = label).
+    y = label), with the output regularisers of Table 1's baselines as options.
 
     Args:
       logits: `[S, B, C]` decoder logits for S posterior samples of each of B examples.
@@ -286,12 +390,14 @@ def vib_loss(
       beta: >= 0, the weight of the information penalty (a scalar; may be traced, e.g. vmapped).
       rate_budget: None for the plain penalty, or C >= 0 nats for the hinge beta * max(rate - C, 0).
       label_entropy: H(Y) in nats for the I(Z;Y) bound; default log(C), i.e. uniform labels.
+      label_smoothing: epsilon in [0, 1): train on `smoothed_cross_entropy` (0: the plain one).
+      confidence_penalty: w >= 0: subtract w * E[H(softmax(logits))] (Pereyra et al. 2017).
 
     Returns:
-      `(loss, metrics)`: the scalar loss in nats, and scalars `loss`, `cross_entropy` and `rate`
-      (nats), `penalty` (nats), `izx_bound_bits` (I(Z;X) <= rate),
-      `izy_bound_bits` (I(Z;Y) >= H(Y) - CE), and `error`, the error rate of the softmax averaged
-      over the S samples.
+      `(loss, metrics)`: the scalar loss in nats, and scalars `loss`, `cross_entropy` (the plain
+      one, whatever the regularisers) and `rate` (nats), `penalty` (nats), `izx_bound_bits`
+      (I(Z;X) <= rate), `izy_bound_bits` (I(Z;Y) >= H(Y) - CE), and `error`, the error rate of the
+      softmax averaged over the S samples.
     """
     if jnp.ndim(logits) != 3:
         raise ValueError(f"logits must have shape [S, B, C], got {jnp.shape(logits)}.")
@@ -300,12 +406,15 @@ def vib_loss(
         raise ValueError(
             f"labels must have shape [B]=({batch_size},) to match logits, got {jnp.shape(labels)}."
         )
+    _check_nonnegative("confidence_penalty", confidence_penalty)
     if label_entropy is None:
         label_entropy = math.log(num_classes)
 
-    log_likelihood = -categorical_cross_entropy(logits, labels)
-    loss, terms = bottleneck_loss(log_likelihood, rate, beta, rate_budget)
-    cross_entropy = terms["distortion"]
+    training_distortion = smoothed_cross_entropy(
+        logits, labels, label_smoothing
+    ) - confidence_penalty * softmax_entropy(logits)
+    loss, terms = bottleneck_loss(-training_distortion, rate, beta, rate_budget)
+    cross_entropy = jnp.mean(categorical_cross_entropy(logits, labels))
     izx, izy = information_bounds(cross_entropy, terms["rate"], label_entropy)
     mean_probs = jnp.mean(jax.nn.softmax(logits, axis=-1), axis=0)
     error = jnp.mean(jnp.argmax(mean_probs, axis=-1) != labels)

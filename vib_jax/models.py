@@ -21,12 +21,36 @@ ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
 # The Gaussian image likelihood's smallest stddev, in [0, 1] grey levels (a quarter of a grey
 # level). MNIST's border pixels are 0 in every image: without a floor their density is unbounded.
 MIN_PIXEL_STDDEV = 1.0 / 1024
+COVARIANCES = ("diagonal", "full")
 
 
 def check_activation(activation: str) -> None:
     """Raises ValueError naming `activation` unless it is a key of `ACTIVATIONS`."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+
+
+def check_covariance(covariance: str) -> None:
+    """Raises ValueError naming `covariance` unless it is one of `COVARIANCES`."""
+    if covariance not in COVARIANCES:
+        raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}.")
+
+
+def per_example_dropout(
+    x: jax.Array, rate: jax.Array | float, keys: jax.Array, layer: int
+) -> jax.Array:
+    """Inverted dropout of activations `x` `[B, W]`: each unit is zeroed with probability `rate`
+    (in [0, 1); a scalar, may be traced, e.g. swept) and the rest scaled by `1 / (1 - rate)`.
+
+    Example i's mask is drawn from `fold_in(keys[i], layer)`, so it does not depend on the batch it
+    is in or the device it lands on (the engine's noise rule). `rate = 0` returns `x` unchanged.
+    """
+    keep_probability = 1.0 - rate
+    draw = lambda key: jax.random.bernoulli(
+        jax.random.fold_in(key, layer), keep_probability, x.shape[1:]
+    )
+    keep = jax.vmap(draw)(keys)
+    return jnp.where(keep, x / keep_probability, 0.0)
 
 
 class MLP(nn.Module):
@@ -51,20 +75,24 @@ class MLP(nn.Module):
 
 
 class GaussianEncoder(nn.Module):
-    """The paper's encoder: an MLP (784-1024-1024 with ReLU) to the mean and stddev of q(z|x).
+    """The paper's encoder: an MLP (784-1024-1024 with ReLU) to the mean and scale of q(z|x).
 
-    The stddev is softplus(pre - stddev_shift), the paper's parameterisation: it starts small
-    (~6.7e-3 for pre = 0) so training begins near the deterministic network. With `stochastic=False`
-    the encoder has only the mean head and returns a zero stddev: the deterministic baseline,
-    z = mean.
+    The stddevs are softplus(pre - stddev_shift), the paper's parameterisation: they start small
+    (~6.7e-3 for pre = 0) so training begins near the deterministic network. With
+    `covariance="full"` (the paper's K = 2 experiment) the scale is a Cholesky factor
+    L = U diag(stddev), with U unit lower-triangular from K (K - 1) / 2 free outputs: every
+    covariance U diag(stddev^2) U^T is reachable, and L starts as small as the stddevs. With
+    `stochastic=False` the encoder has only the mean head and returns a zero stddev: the
+    deterministic baseline, z = mean.
 
     Attributes:
       latent_dim: K, the bottleneck size.
       hidden_dims: widths of the hidden layers.
-      stochastic: whether to produce a stddev (VIB) or not (deterministic baseline).
+      stochastic: whether to produce a scale (VIB) or not (deterministic baseline).
       stddev_shift: the shift inside the softplus.
       activation: of the hidden layers, a key of `ACTIVATIONS` (the paper: ReLU; Burda et al.:
         tanh).
+      covariance: "diagonal" (scale = stddevs `[B, K]`) or "full" (scale = L `[B, K, K]`).
     """
 
     latent_dim: int = 256
@@ -72,20 +100,43 @@ class GaussianEncoder(nn.Module):
     stochastic: bool = True
     stddev_shift: float = 5.0
     activation: str = "relu"
+    covariance: str = "diagonal"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Maps images `[B, ...]` (flattened to `[B, D]`) to `(mean, stddev)`, each `[B, K]`."""
+    def __call__(
+        self,
+        x: jax.Array,
+        dropout_rate: jax.Array | float = 0.0,
+        dropout_keys: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Maps images `[B, ...]` (flattened to `[B, D]`) to `(mean [B, K], scale)`.
+
+        With `dropout_keys` (`[B]` keys, one per example), each hidden layer's activations go
+        through `per_example_dropout` at `dropout_rate` (the dropout baseline's training).
+        """
         hidden = jnp.reshape(x, (x.shape[0], -1))
         for index, width in enumerate(self.hidden_dims):
             dense = nn.Dense(width, kernel_init=_glorot, name=f"hidden_{index}")
             hidden = ACTIVATIONS[self.activation](dense(hidden))
+            if dropout_keys is not None:
+                hidden = per_example_dropout(hidden, dropout_rate, dropout_keys, index)
+        k = self.latent_dim
         if not self.stochastic:
-            mean = nn.Dense(self.latent_dim, kernel_init=_glorot, name="mean")(hidden)
+            mean = nn.Dense(k, kernel_init=_glorot, name="mean")(hidden)
             return mean, jnp.zeros_like(mean)
-        moments = nn.Dense(2 * self.latent_dim, kernel_init=_glorot, name="mean_and_stddev")(hidden)
-        mean, pre_stddev = jnp.split(moments, 2, axis=-1)
-        return mean, jax.nn.softplus(pre_stddev - self.stddev_shift)
+        if self.covariance == "diagonal":
+            moments = nn.Dense(2 * k, kernel_init=_glorot, name="mean_and_stddev")(hidden)
+            mean, pre_stddev = jnp.split(moments, 2, axis=-1)
+            return mean, jax.nn.softplus(pre_stddev - self.stddev_shift)
+        num_below = k * (k - 1) // 2
+        outputs = nn.Dense(2 * k + num_below, kernel_init=_glorot, name="mean_and_scale")(hidden)
+        mean, pre_stddev, below = jnp.split(outputs, (k, 2 * k), axis=-1)
+        stddev = jax.nn.softplus(pre_stddev - self.stddev_shift)
+        rows, columns = jnp.tril_indices(k, -1)
+        unit_lower = (
+            jnp.broadcast_to(jnp.eye(k), (*mean.shape, k)).at[..., rows, columns].set(below)
+        )
+        return mean, unit_lower * stddev[..., None, :]
 
 
 class CategoricalDecoder(nn.Module):
@@ -100,12 +151,12 @@ class CategoricalDecoder(nn.Module):
 
 
 class VIBOutput(NamedTuple):
-    """What the classifier returns: logits `[S, B, C]`, and the posterior's mean and stddev
-    `[B, K]`."""
+    """What the classifier returns: logits `[S, B, C]`, and the posterior's mean `[B, K]` and scale
+    (stddevs `[B, K]`, or Cholesky factors `[B, K, K]` for a full covariance)."""
 
     logits: jax.Array
     mean: jax.Array
-    stddev: jax.Array
+    scale: jax.Array
 
 
 class VIBClassifier(nn.Module):
@@ -120,9 +171,12 @@ class VIBClassifier(nn.Module):
     num_classes: int = 10
     hidden_dims: Sequence[int] = (1024, 1024)
     stochastic: bool = True
+    covariance: str = "diagonal"
 
     def setup(self):
-        self.encoder = GaussianEncoder(self.latent_dim, self.hidden_dims, self.stochastic)
+        self.encoder = GaussianEncoder(
+            self.latent_dim, self.hidden_dims, self.stochastic, covariance=self.covariance
+        )
         sample_mapped_decoder = nn.vmap(
             CategoricalDecoder,
             variable_axes={"params": None},
@@ -132,9 +186,16 @@ class VIBClassifier(nn.Module):
         )
         self.decoder = sample_mapped_decoder(self.num_classes)
 
-    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Images `[B, ...]` -> `(mean, stddev)`, each `[B, K]`."""
-        return self.encoder(x)
+    def encode(
+        self,
+        x: jax.Array,
+        dropout_rate: jax.Array | float = 0.0,
+        dropout_keys: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Images `[B, ...]` -> `(mean [B, K], scale)`: stddevs `[B, K]` or, for
+        `covariance="full"`, Cholesky factors `[B, K, K]` (`GaussianEncoder`, also for the
+        dropout arguments)."""
+        return self.encoder(x, dropout_rate, dropout_keys)
 
     def decode(self, z: jax.Array) -> jax.Array:
         """Latents `[S, B, K]` -> logits `[S, B, C]`."""
@@ -142,9 +203,9 @@ class VIBClassifier(nn.Module):
 
     def __call__(self, x: jax.Array, rng: jax.Array, num_samples: int = 1) -> VIBOutput:
         """Images `[B, ...]` and a key -> `VIBOutput` with S = num_samples posterior samples."""
-        mean, stddev = self.encode(x)
-        z = losses.reparameterize(rng, mean, stddev, num_samples)
-        return VIBOutput(self.decode(z), mean, stddev)
+        mean, scale = self.encode(x)
+        z = losses.reparameterize(rng, mean, scale, num_samples)
+        return VIBOutput(self.decode(z), mean, scale)
 
 
 class ImageDecoder(nn.Module):

@@ -222,3 +222,60 @@ def latent_scatter(
         axis.set(xlabel="$z_1$", ylabel="$z_2$", title=title, aspect="equal")
     figure.colorbar(points, ax=axes[0].tolist(), label="digit", ticks=range(10))
     return _save(figure, path, tight_layout=False)
+
+
+# The 95% region of a 2-D Gaussian: the squared Mahalanobis radius is chi-square(2)'s 0.95 quantile,
+# -2 log(0.05).
+_CHI2_2D_95 = -2.0 * np.log(0.05)
+
+
+def posterior_ellipses(
+    means: np.ndarray,
+    covariances: np.ndarray,
+    labels: np.ndarray,
+    titles: Sequence[str],
+    path: str,
+    entropy_grids: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+) -> str:
+    """The paper's Fig. 2: one panel per member, the 95% ellipse of each posterior q(z|x) in a 2-D
+    latent space, coloured by digit.
+
+    Args:
+      means: `[M, N, 2]` posterior means; covariances: `[M, N, 2, 2]`.
+      labels: `[N]` digits.
+      titles: one per member.
+      path: where to save the PNG.
+      entropy_grids: optional, per member, `(z1 [G], z2 [G], entropy [G, G] in bits)` of the
+        decoder's q(y|z) on a grid (`entropy[i, j]` at `(z1[j], z2[i])`), drawn in grey beneath;
+        the panel shows the grid's square.
+    """
+    from matplotlib.collections import EllipseCollection
+
+    num_members = means.shape[0]
+    figure = Figure(figsize=(4 * num_members + 1, 4))
+    axes = figure.subplots(1, num_members, squeeze=False)[0]
+    colours = matplotlib.colormaps["tab10"](np.asarray(labels) % 10)
+    for m, (axis, title) in enumerate(zip(axes, titles)):
+        eigenvalues, eigenvectors = np.linalg.eigh(covariances[m])  # ascending
+        radii = np.sqrt(_CHI2_2D_95 * np.maximum(eigenvalues, 0.0))
+        angles = np.degrees(np.arctan2(eigenvectors[:, 1, 1], eigenvectors[:, 0, 1]))
+        if entropy_grids is not None:
+            z1, z2, entropy = entropy_grids[m]
+            axis.pcolormesh(z1, z2, entropy, cmap="Greys", shading="auto", vmin=0.0)
+        ellipses = EllipseCollection(
+            2 * radii[:, 1],
+            2 * radii[:, 0],
+            angles,
+            units="xy",
+            offsets=means[m],
+            offset_transform=axis.transData,
+            facecolors="none",
+            edgecolors=colours,
+            linewidths=0.6,
+        )
+        axis.add_collection(ellipses)
+        axis.scatter(means[m, :, 0], means[m, :, 1], c=colours, s=1)
+        axis.set(xlabel="$z_1$", ylabel="$z_2$", title=title, aspect="equal")
+        if entropy_grids is not None:  # the grid spans the posteriors
+            axis.set(xlim=(z1[0], z1[-1]), ylim=(z2[0], z2[-1]))
+    return _save(figure, path)

@@ -77,32 +77,40 @@ class Run:
         return data.load_split(self.config.dataset, name, subset_size=subset_size)
 
     def posterior(self, images) -> tuple[jax.Array, jax.Array]:
-        """Every member's q(z|x): `(mean, stddev)`, each `[M, N, K]`, for images `[N, D]` in [-1, 1]
-        (binarised first for a Bernoulli VAE, as in its evaluation)."""
+        """Every member's q(z|x): `(mean, scale)`, for images `[N, D]` in [-1, 1] (binarised first
+        for a Bernoulli VAE, as in its evaluation): means `[M, N, K]` and stddevs `[M, N, K]`, or
+        Cholesky factors `[M, N, K, K]` for a full-covariance encoder."""
         return _posterior(self.task.model, self.ema_params, self._model_inputs(images))
 
     def rate(self, images) -> jax.Array:
         """`[M, N]` KL(q(z|x) || N(0, I)) in nats, the rate of each image under each member."""
-        mean, stddev = self.posterior(images)
-        return losses.kl_divergence(mean, stddev)
+        return losses.kl_to_standard_normal(*self.posterior(images))
 
-    def sample_latents(self, images, num_samples: int, seed: int = 0) -> jax.Array:
-        """`[M, S, N, K]` posterior samples; example i's noise is from `fold_in(key(seed), i)`."""
-        mean, stddev = self.posterior(images)
-        ids = jnp.arange(mean.shape[1], dtype=jnp.int32)
+    def sample_latents(
+        self, images, num_samples: int, seed: int = 0, example_ids=None
+    ) -> jax.Array:
+        """`[M, S, N, K]` posterior samples; example i's noise is from
+        `fold_in(key(seed), example_ids[i])` (default ids 0..N-1: pass the images' indices in
+        their split to evaluate a split in chunks with every example's own noise)."""
+        mean, scale = self.posterior(images)
+        ids = jnp.arange(mean.shape[1], dtype=jnp.int32) if example_ids is None else example_ids
         key = jax.random.key(seed)
         draw = lambda m, s: train.sample_latents(key, ids, m, s, num_samples)
-        return jax.vmap(draw)(mean, stddev)
+        return jax.vmap(draw)(mean, scale)
 
-    def predictive(self, images, num_samples: int = 12, seed: int = 0) -> jax.Array:
+    def predictive(
+        self, images, num_samples: int = 12, seed: int = 0, example_ids=None
+    ) -> jax.Array:
         """`[M, N, C]` the classifier's predictive distribution: the softmax averaged over
-        `num_samples` posterior samples (the paper's evaluation). Classifier tasks only."""
+        `num_samples` posterior samples (the paper's evaluation; noise as in `sample_latents`).
+        Compiled, one member at a time. Classifier tasks only."""
         if not hasattr(self.task.model, "num_classes"):
             raise ValueError(f"predictive needs a classifier task, got task={self.config.task!r}.")
-        z = self.sample_latents(images, num_samples, seed)
-        model = self.task.model
-        logits = jax.vmap(lambda p, zs: model.apply(p, zs, method=model.decode))(self.ema_params, z)
-        return jnp.mean(jax.nn.softmax(logits), axis=1)
+        images = self._model_inputs(images)
+        if example_ids is None:
+            example_ids = jnp.arange(images.shape[0], dtype=jnp.int32)
+        key = jax.random.key(seed)
+        return _predictive(self.task.model, self.ema_params, images, example_ids, key, num_samples)
 
     def _model_inputs(self, images) -> jax.Array:
         images = jnp.asarray(images, jnp.float32)
@@ -113,6 +121,17 @@ class Run:
 def _posterior(model, params, images):
     encode = lambda p: model.apply(p, images, method=model.encode)
     return jax.vmap(encode)(params)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _predictive(model, params, images, example_ids, key, num_samples: int):
+    def member(member_params):
+        mean, scale = model.apply(member_params, images, method=model.encode)
+        z = train.sample_latents(key, example_ids, mean, scale, num_samples)
+        logits = model.apply(member_params, z, method=model.decode)
+        return jnp.mean(jax.nn.softmax(logits), axis=0)
+
+    return jax.lax.map(member, params)
 
 
 def _pandas():

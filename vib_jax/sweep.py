@@ -105,6 +105,7 @@ def _validate_entries(config: ml_collections.ConfigDict) -> None:
     _require(config.learning_rate > 0, "learning_rate", "> 0", config.learning_rate)
     _require(0 < config.lr_decay_rate <= 1, "lr_decay_rate", "in (0, 1]", config.lr_decay_rate)
     _require(0 <= config.ema_decay < 1, "ema_decay", "in [0, 1)", config.ema_decay)
+    _require(isinstance(config.ema_debias, bool), "ema_debias", "True or False", config.ema_debias)
     for name in ("adam_b1", "adam_b2"):
         _require(0 <= config[name] < 1, name, "in [0, 1)", config[name])
     _require(config.adam_eps > 0, "adam_eps", "> 0", config.adam_eps)
@@ -257,7 +258,7 @@ def build_setup(config: ml_collections.ConfigDict, mesh: Mesh, images, labels) -
 
     def make_epoch(collectives):
         return train.make_train_epoch(
-            train.make_train_step(task.update, config.ema_decay, collectives)
+            train.make_train_step(task.update, config.ema_decay, collectives, config.ema_debias)
         )
 
     epoch_program = parallel.compile_sweep_epoch(

@@ -16,6 +16,7 @@ example_id)` (`per_example_keys`), so it does not depend on how a batch is split
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.struct
@@ -174,21 +175,43 @@ def gradient_update(loss_fn: LossFn, optimizer: optax.GradientTransformation) ->
     return update
 
 
-def make_train_step(update: Update, ema_decay: float, collectives: Collectives) -> Callable:
+def ema_step_size(ema_decay: float, num_updates: jax.Array, debias: bool) -> jax.Array:
+    """The weight of the newest params in the EMA after `num_updates` >= 1 updates (scalar).
+
+    Plain: `1 - ema_decay`. Zero-debiased (`tf.train.ExponentialMovingAverage(zero_debias=True)`,
+    `optax.ema(debias=True)`): the average of the params `p_1..p_t` with weights proportional to
+    `ema_decay^(t - i)`, i.e. `m_t / (1 - ema_decay^t)` with `m_t` the plain average started at 0.
+    Kept directly (no extra state), it moves by `(1 - ema_decay) / (1 - ema_decay^t)`: 1 at the
+    first update, `1 - ema_decay` after many. So a short run's EMA holds no trace of the initial
+    params.
+    """
+    if not debias:
+        return jnp.asarray(1.0 - ema_decay, jnp.float32)
+    log_decay = math.log(ema_decay) if ema_decay > 0 else -math.inf  # in float64, then rounded
+    return (1.0 - ema_decay) / -jnp.expm1(num_updates.astype(jnp.float32) * log_decay)
+
+
+def make_train_step(
+    update: Update, ema_decay: float, collectives: Collectives, ema_debias: bool = True
+) -> Callable:
     """Builds `train_step(state, batch, noise_key, hparams) -> (state, metrics)` from a task's
     update.
 
     The update gets the step's key `fold_in(noise_key, state.step)`; the engine then counts the step
-    and moves the EMA params towards the new params by `1 - ema_decay`.
+    and moves the EMA params towards the new params by `ema_step_size` (zero-debiased unless
+    `ema_debias` is False; `ema_decay = 0` keeps the EMA equal to the params).
     """
 
     def train_step(state: TrainState, batch: Batch, noise_key: jax.Array, hparams: Hparams):
         step_key = jax.random.fold_in(noise_key, state.step)
         new_state, metrics = update(state, batch, step_key, hparams, collectives)
+        num_updates = state.step + 1
         ema_params = optax.incremental_update(
-            new_state.params, state.ema_params, step_size=1.0 - ema_decay
+            new_state.params,
+            state.ema_params,
+            step_size=ema_step_size(ema_decay, num_updates, ema_debias),
         )
-        return new_state.replace(step=state.step + 1, ema_params=ema_params), metrics
+        return new_state.replace(step=num_updates, ema_params=ema_params), metrics
 
     return train_step
 
@@ -220,7 +243,7 @@ def per_example_keys(key: jax.Array, example_ids: jax.Array) -> jax.Array:
 
 
 def sample_latents(
-    key: jax.Array, example_ids: jax.Array, mean: jax.Array, stddev: jax.Array, num_samples: int
+    key: jax.Array, example_ids: jax.Array, mean: jax.Array, scale: jax.Array, num_samples: int
 ) -> jax.Array:
     """Posterior samples `[S, B, K]` with each example's noise drawn from
     `fold_in(key, example_id)`.
@@ -228,11 +251,12 @@ def sample_latents(
     Args:
       key: the step's key.
       example_ids: `[B]` int32 indices of the examples in their split.
-      mean, stddev: `[B, K]` posterior moments.
+      mean: `[B, K]` posterior means.
+      scale: `[B, K]` posterior stddevs, or Cholesky factors `[B, K, K]` (full covariance).
       num_samples: S.
     """
     per_example = jax.vmap(losses.reparameterize, in_axes=(0, 0, 0, None), out_axes=1)
-    return per_example(per_example_keys(key, example_ids), mean, stddev, num_samples)
+    return per_example(per_example_keys(key, example_ids), mean, scale, num_samples)
 
 
 class MemberKeys(NamedTuple):

@@ -1,12 +1,16 @@
-"""The VIB classifier (Alemi et al. 2017) and its deterministic baseline, as a task.
+"""The VIB classifier (Alemi et al. 2017) and the baselines of its Table 1, as a task.
 
-Objective: E[-log q(y|z)] + beta * max(E[KL(q(z|x) || N(0, I))] - C, 0), with the closed-form KL on
-the batch and S posterior samples per example (`losses.vib_loss`). C = 0 (the default) is the plain
-penalty beta * rate, since the closed-form KL is never negative; C > 0 is the hinge ("information
-budget"). With `config.deterministic`, the encoder outputs z = mean and there is no rate: an
-ordinary classifier, one member at beta = 0.
+Objective: E[-log q(y|z)] + beta * max(E[KL(q(z|x) || N(0, I))] - C, 0), with S posterior samples
+per example (`losses.vib_loss`). C = 0 (the default) is the plain penalty beta * rate; C > 0 is the
+hinge ("information budget"). The rate is the closed-form KL (`rate_estimator="closed_form"`, the
+official TF demo) or log q(z|x) - log r(z) on the training samples ("monte_carlo", the official JAX
+notebook). The posterior is diagonal, or full-covariance (`covariance="full"`, the paper's K = 2
+experiment). With `config.deterministic`, the encoder outputs z = mean and there is no rate: an
+ordinary classifier, one member at beta = 0; Table 1's baselines are that classifier with
+hidden-layer dropout, label smoothing or the confidence penalty (hyperparameters, so sweepable).
 
-Config entries read here: latent_dim, hidden_dims, deterministic, train_samples, eval_samples.
+Config entries read here: latent_dim, hidden_dims, deterministic, covariance, rate_estimator,
+train_samples, eval_samples.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vib_jax import losses, models, plots, tasks, train
 from vib_jax.tasks import DataInfo, Hyperparameter, Task, TrainedRun
@@ -24,7 +29,17 @@ HYPERPARAMETERS = {
     "rate_budget": Hyperparameter(
         0.0, ">= 0", lambda v: v >= 0, "C (nats): the rate is free up to C, then costs beta per nat"
     ),
+    "dropout": Hyperparameter(
+        0.0, "in [0, 1)", lambda v: 0 <= v < 1, "dropout rate of the encoder's hidden layers"
+    ),
+    "label_smoothing": Hyperparameter(
+        0.0, "in [0, 1)", lambda v: 0 <= v < 1, "epsilon of the smoothed labels"
+    ),
+    "confidence_penalty": Hyperparameter(
+        0.0, ">= 0", lambda v: v >= 0, "weight of -H(q(y|z)) in the loss (Pereyra et al. 2017)"
+    ),
 }
+RATE_ESTIMATORS = ("closed_form", "monte_carlo")
 RESULT_COLUMNS = tuple(
     f"{split}_{name}"
     for split, names in (
@@ -40,37 +55,63 @@ def validate_config(config) -> None:
     """Raises ValueError naming the first of the task's config entries out of its range."""
     tasks.check_positive_ints(config, ("latent_dim", "train_samples", "eval_samples"))
     tasks.check_widths(config)
+    models.check_covariance(config.covariance)
+    if config.rate_estimator not in RATE_ESTIMATORS:
+        raise ValueError(
+            f"rate_estimator must be one of {RATE_ESTIMATORS}, got {config.rate_estimator!r}."
+        )
+
+
+RATE_HYPERPARAMETERS = ("beta", "rate_budget")
 
 
 def resolve_sweep(config, sweep: dict) -> dict:
-    """The deterministic baseline has no rate term, so it is one member at beta = 0 (whatever the
-    betas); a sweep of its other hyperparameters would train copies of one model: refused."""
+    """The deterministic baseline has no rate, so it is one member at beta = 0 (whatever the
+    betas); a sweep of the rate's other hyperparameters would train copies of one model: refused.
+    Its regularisers (dropout, label smoothing, confidence penalty) may be swept."""
     if not config.deterministic:
         return sweep
-    others = sorted(name for name in sweep if name != "beta")
-    if others:
-        raise ValueError(f"deterministic has no rate, so sweep.{others[0]} does not apply to it.")
-    return {"beta": (0.0,)}
+    moot = sorted(name for name in sweep if name in RATE_HYPERPARAMETERS and name != "beta")
+    if moot:
+        raise ValueError(f"deterministic has no rate, so sweep.{moot[0]} does not apply to it.")
+    return dict(sorted((sweep | {"beta": (0.0,)}).items()))
 
 
 def model_from_config(config, num_classes: int) -> models.VIBClassifier:
     """The classifier the config describes."""
     return models.VIBClassifier(
-        config.latent_dim, num_classes, tuple(config.hidden_dims), not config.deterministic
+        config.latent_dim,
+        num_classes,
+        tuple(config.hidden_dims),
+        not config.deterministic,
+        config.covariance,
     )
 
 
-def posterior_and_logits(model, params, batch: train.Batch, key, num_samples: int):
-    """`(mean, stddev, logits)`: the posterior `[B, K]` of each image and the logits `[S, B, C]` of
-    S samples, each example's noise from `fold_in(key, example_id)`."""
-    mean, stddev = model.apply(params, batch.images, method=model.encode)
-    z = train.sample_latents(key, batch.example_ids, mean, stddev, num_samples)
-    return mean, stddev, model.apply(params, z, method=model.decode)
+def posterior_and_latents(model, params, batch: train.Batch, key, num_samples: int, dropout=None):
+    """`(mean, scale, z)`: the posterior of each image (mean `[B, K]`, scale `[B, K]` or
+    `[B, K, K]`) and S samples `[S, B, K]`, each example's noise from `fold_in(key, example_id)`.
+    With `dropout` (a rate), the hidden layers drop units, each example's mask from its own key
+    (derived from a second key split from `key`, so the posterior noise is the same either way)."""
+    dropout_args = ()
+    if dropout is not None:
+        dropout_key = jax.random.split(key)[1]
+        dropout_args = (dropout, train.per_example_keys(dropout_key, batch.example_ids))
+    mean, scale = model.apply(params, batch.images, *dropout_args, method=model.encode)
+    z = train.sample_latents(key, batch.example_ids, mean, scale, num_samples)
+    return mean, scale, z
 
 
-def rate(model, mean, stddev) -> jax.Array:
-    """`[B]` KL(q(z|x) || N(0, I)) in nats; zero for the deterministic encoder."""
-    return losses.kl_divergence(mean, stddev) if model.stochastic else jnp.zeros(mean.shape[:1])
+def rate(model, mean, scale) -> jax.Array:
+    """`[B]` KL(q(z|x) || N(0, I)) in nats (closed form); zero for the deterministic encoder."""
+    if not model.stochastic:
+        return jnp.zeros(mean.shape[:1])
+    return losses.kl_to_standard_normal(mean, scale)
+
+
+def uses_dropout(config) -> bool:
+    """Whether any member drops units: only then does the step draw dropout masks."""
+    return any(value > 0 for value in config.sweep.to_dict().get("dropout", ()))
 
 
 def build(config, data: DataInfo) -> Task:
@@ -78,6 +119,8 @@ def build(config, data: DataInfo) -> Task:
     model = model_from_config(config, data.num_classes)
     optimizer = train.make_optimizer(config, data.steps_per_epoch)
     train_samples = config.train_samples if model.stochastic else 1
+    monte_carlo = model.stochastic and config.rate_estimator == "monte_carlo"
+    dropout = uses_dropout(config)
 
     def init(key):
         params_key, dummy_noise_key = jax.random.split(key)
@@ -86,19 +129,26 @@ def build(config, data: DataInfo) -> Task:
 
     def loss_fn(params, batch, key, hparams, collectives):
         del collectives  # every term is a per-example mean
-        mean, stddev, logits = posterior_and_logits(model, params, batch, key, train_samples)
+        mean, scale, z = posterior_and_latents(
+            model, params, batch, key, train_samples, hparams["dropout"] if dropout else None
+        )
+        logits = model.apply(params, z, method=model.decode)
+        sample_rate = losses.monte_carlo_rate(z, mean, scale) if monte_carlo else None
         return losses.vib_loss(
             logits,
             batch.labels,
-            rate(model, mean, stddev),
+            rate(model, mean, scale) if sample_rate is None else sample_rate,
             hparams["beta"],
             rate_budget=hparams["rate_budget"],
             label_entropy=data.label_entropy,
+            label_smoothing=hparams["label_smoothing"],
+            confidence_penalty=hparams["confidence_penalty"],
         )
 
     def evaluate(params, batch, key, hparams):
         del hparams
-        mean, stddev, logits = posterior_and_logits(model, params, batch, key, config.eval_samples)
+        mean, scale, z = posterior_and_latents(model, params, batch, key, config.eval_samples)
+        logits = model.apply(params, z, method=model.decode)
         mean_logits = model.apply(params, mean[None], method=model.decode)[0]
         averaged_probs = jnp.mean(jax.nn.softmax(logits), axis=0)
         labels = batch.labels
@@ -107,7 +157,7 @@ def build(config, data: DataInfo) -> Task:
             "error_1": jnp.argmax(logits[0], -1) != labels,
             "error_mean": jnp.argmax(mean_logits, -1) != labels,
             "cross_entropy": jnp.mean(losses.categorical_cross_entropy(logits, labels), axis=0),
-            "rate": rate(model, mean, stddev),
+            "rate": rate(model, mean, scale),
         }
 
     return Task(
@@ -118,7 +168,7 @@ def build(config, data: DataInfo) -> Task:
         result_columns=RESULT_COLUMNS,
         result_row=result_row,
         progress=lambda test: f"{100 * float(test['error_avg']):.2f}%",
-        figures=figures,
+        figures=lambda run: figures(run, model),
         model=model,
     )
 
@@ -142,13 +192,58 @@ def result_row(train_metrics, test_metrics) -> dict:
     return row
 
 
-def figures(run: TrainedRun) -> list[str]:
-    """Test error against beta, the information plane (the paper's Fig. 1) and learning curves."""
+def covariance(mean: jax.Array, scale: jax.Array) -> jax.Array:
+    """`[..., K, K]` covariances of posteriors with means `[..., K]` and stddevs `[..., K]` or
+    Cholesky factors `[..., K, K]`."""
+    if losses.is_cholesky_factor(mean, scale):
+        return scale @ jnp.swapaxes(scale, -1, -2)
+    return jnp.square(scale)[..., None] * jnp.eye(scale.shape[-1])
+
+
+def decoder_entropy_grid(model, params, extent: float, size: int = 120):
+    """`(z1 [G], z2 [G], H [G, G])`: the entropy (bits) of q(y|z) over a square grid of 2-D latents
+    (`H[i, j]` at `(z1[j], z2[i])`)."""
+    axis = jnp.linspace(-extent, extent, size)
+    grid = jnp.stack(jnp.meshgrid(axis, axis), axis=-1).reshape(1, -1, 2)
+    logits = model.apply(params, grid, method=model.decode)[0]
+    entropy = losses.softmax_entropy(logits).reshape(size, size) / losses.LN2
+    return np.asarray(axis), np.asarray(axis), np.asarray(entropy)
+
+
+def posterior_figure(run: TrainedRun, model, path: str, num_images: int = 1000) -> str:
+    """The paper's Fig. 2 for a 2-D bottleneck: the 95% ellipses of the first `num_images` test
+    posteriors of each member of the first seed, over the entropy of its decoder."""
+    images = jnp.asarray(run.test_images[:num_images])
+    means, covariances, grids, titles = [], [], [], []
+    for m, member in enumerate(run.members):
+        if member["seed"] != run.members[0]["seed"]:
+            continue
+        params = jax.tree_util.tree_map(lambda leaf, m=m: leaf[m], run.ema_params)
+        mean, scale = model.apply(params, images, method=model.encode)
+        cov = np.asarray(covariance(mean, scale))
+        stddevs = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
+        extent = float(np.percentile(np.abs(np.asarray(mean)) + 2.5 * stddevs, 99.5))
+        means.append(np.asarray(mean))
+        covariances.append(cov)
+        grids.append(decoder_entropy_grid(model, params, extent))
+        titles.append(f"seed {member['seed']}, beta = {member['beta']:g}")
+    labels = run.test_labels[:num_images]
+    return plots.posterior_ellipses(
+        np.stack(means), np.stack(covariances), labels, titles, path, grids
+    )
+
+
+def figures(run: TrainedRun, model) -> list[str]:
+    """Test error against beta, the information plane (the paper's Fig. 1), learning curves, and
+    for a stochastic 2-D bottleneck the test posteriors as ellipses (the paper's Fig. 2)."""
     path = lambda name: os.path.join(run.workdir, name)
-    return [
+    paths = [
         plots.test_error_vs_beta(run.rows, list(HYPERPARAMETERS), path("test_error_vs_beta.png")),
         plots.information_plane(run.rows, path("information_plane.png")),
         plots.learning_curves(
             run.records, "test/error_avg", "test error (%)", path("learning_curves.png"), scale=100
         ),
     ]
+    if model.latent_dim == 2 and model.stochastic:
+        paths.append(posterior_figure(run, model, path("posteriors_k2.png")))
+    return paths

@@ -1,0 +1,51 @@
+"""Tests of experiments/table1.py: its arms are valid configs, and its chunked evaluation of a
+trained workdir is the whole-split evaluation."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import table1
+from experiments.configs import smoke
+from vib_jax import runs, sweep
+
+
+def test_every_arm_is_a_valid_config_with_five_seeds():
+    names = [arm.name for arm in table1.ARMS]
+    assert len(set(names)) == len(names)
+    for arm in table1.ARMS:
+        config = table1.arm_config(arm, 5)
+        sweep.validate_config(config)
+        assert config.seeds == (0, 1, 2, 3, 4)
+        assert arm.study in table1.STUDIES
+    baselines = {a.name: table1.arm_config(a, 1) for a in table1.ARMS if a.study == "baselines"}
+    assert all(config.deterministic for config in baselines.values())
+    assert tuple(baselines["dropout"].sweep.dropout) == (0.5,)
+    assert set(table1.PAPER_TABLE1) <= set(names)
+
+
+@pytest.mark.real_data
+@pytest.mark.usefixtures("real_mnist")
+def test_posthoc_errors_in_chunks_are_the_whole_split_evaluation(tmp_path, monkeypatch):
+    config = smoke.get_config()
+    config.progress, config.seeds, config.num_epochs = False, (0, 1), 1
+    config.train_subset, config.test_subset, config.train_eval_size = 1000, 500, 500
+    workdir = str(tmp_path / "jax_b1_0.5")  # an arm evaluated with 1 and 12 samples
+    sweep.train_and_evaluate(config, workdir)
+    monkeypatch.setattr(table1, "_EVAL_CHUNK", 3000)  # 4 chunks, the last one short
+    errors = table1.posthoc_errors(workdir, (1, 12), num_keys=2)
+    run = runs.load(workdir)
+    images, labels = run.split("test")
+    for num_samples in (1, 12):
+        for key in range(2):
+            probs = run.predictive(images, num_samples, seed=key)
+            whole = 100 * np.mean(np.asarray(jnp.argmax(probs, -1) != labels[None]), axis=1)
+            np.testing.assert_allclose(errors[f"S={num_samples}"][key], whole, atol=1e-9)
+    assert errors["S=1"][0] != errors["S=1"][1]  # another key, other noise
+    with open(os.path.join(workdir, "posthoc_errors.json")) as handle:
+        assert json.load(handle) == errors  # cached
+    row = f"| JAX recipe, Adam b1 = 0.5 (TF's) | 2 | 1 | {table1._mean_sd(errors['S=1'][0])} |"
+    assert row in table1.ablation_table(str(tmp_path))
