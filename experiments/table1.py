@@ -15,10 +15,12 @@ evaluation of the official JAX notebook) and writes Markdown tables beside the w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -159,36 +161,45 @@ def arm_config(arm: Arm, num_seeds: int) -> ml_collections.ConfigDict:
     return config
 
 
+def test_errors(run: runs.Run, num_samples: int, seed: int) -> np.ndarray:
+    """`[M]` test error (%) of each member of `run` with `num_samples` posterior samples, its
+    softmax averaged; evaluation noise from `key(seed)`, each example's from its index."""
+    images, labels = run.split("test")
+    wrong = np.zeros(len(run.members))
+    for start in range(0, images.shape[0], _EVAL_CHUNK):
+        ids = jnp.arange(start, min(start + _EVAL_CHUNK, images.shape[0]), dtype=jnp.int32)
+        probs = run.predictive(images[ids], num_samples, seed=seed, example_ids=ids)
+        wrong += np.asarray(jnp.sum(jnp.argmax(probs, -1) != labels[ids], axis=1))
+    return 100.0 * wrong / images.shape[0]
+
+
+def _cached_errors(path: str, load_run: Callable[[], runs.Run], sample_counts, num_keys: int):
+    """`{"S=12": [[error per member] per key], ...}` for keys 0..num_keys-1, computing only what
+    the JSON file at `path` lacks, and saving after each count."""
+    errors = {}
+    if os.path.exists(path):
+        with open(path) as handle:
+            errors = json.load(handle)
+    run = None
+    for num_samples in sample_counts:
+        per_key = errors.setdefault(f"S={num_samples}", [])
+        for seed in range(len(per_key), num_keys):
+            run = run or load_run()
+            per_key.append(test_errors(run, num_samples, seed).tolist())
+            logging.info("%s: %d samples, key %d: %s", path, num_samples, seed, per_key[-1])
+            metrics.write_text(path, json.dumps(errors))
+    return errors
+
+
 def posthoc_errors(
     workdir: str, sample_counts: tuple[int, ...] = EVAL_SAMPLES, num_keys: int = 1
 ) -> dict[str, list]:
     """Test errors (%) of each member's final EMA params with each of `sample_counts` posterior
     samples, for evaluation keys 0..num_keys-1: `{"S=12": [[error per member] per key], ...}`.
-    Cached in the workdir (`posthoc_errors.json`): 1024 samples of 10,000 test images take ~1 min
-    per member and key on the 2-core CPU."""
+    Cached in the workdir (`posthoc_errors.json`): 1024 samples of the 10,000 test images take
+    ~1 min per member and key on the 2-core CPU."""
     path = os.path.join(workdir, "posthoc_errors.json")
-    errors = {}
-    if os.path.exists(path):
-        with open(path) as handle:
-            errors = json.load(handle)
-    missing = [s for s in sample_counts if len(errors.get(f"S={s}", ())) < num_keys]
-    if not missing:
-        return errors
-    run = runs.load(workdir)
-    images, labels = run.split("test")
-    for num_samples in missing:
-        per_key = errors.get(f"S={num_samples}", [])
-        for key in range(len(per_key), num_keys):
-            wrong = np.zeros(len(run.members))
-            for start in range(0, images.shape[0], _EVAL_CHUNK):
-                ids = jnp.arange(start, min(start + _EVAL_CHUNK, images.shape[0]), dtype=jnp.int32)
-                probs = run.predictive(images[ids], num_samples, seed=key, example_ids=ids)
-                wrong += np.asarray(jnp.sum(jnp.argmax(probs, -1) != labels[ids], axis=1))
-            per_key.append((100.0 * wrong / images.shape[0]).tolist())
-            logging.info("%s: %d samples, key %d: %s", workdir, num_samples, key, per_key[-1])
-        errors[f"S={num_samples}"] = per_key
-        metrics.write_text(path, json.dumps(errors))
-    return errors
+    return _cached_errors(path, lambda: runs.load(workdir), sample_counts, num_keys)
 
 
 def _mean_sd(values) -> str:
@@ -281,12 +292,20 @@ def k2_table(root: str) -> str:
 
 def evaluation_spread(root: str, arm_name: str = "jax", num_keys: int = 5) -> str:
     """Markdown: how much one trained model's test error moves with the evaluation noise alone
-    (seed 0's member of `arm_name`, `num_keys` evaluation keys)."""
+    (the seed-0 member of `arm_name`, `num_keys` evaluation keys; cached in
+    `evaluation_spread.json` of its workdir)."""
     arm = next(a for a in ARMS if a.name == arm_name)
     workdir = _finished(root, arm)
     if workdir is None:
         return f"Evaluation spread: arm {arm_name} not run yet.\n"
-    errors = posthoc_errors(workdir, EVAL_SAMPLES, num_keys)
+
+    def first_member():
+        run = runs.load(workdir)
+        first = jax.tree_util.tree_map(lambda leaf: leaf[:1], run.ema_params)
+        return dataclasses.replace(run, members=run.members[:1], ema_params=first)
+
+    path = os.path.join(workdir, "evaluation_spread.json")
+    errors = _cached_errors(path, first_member, EVAL_SAMPLES, num_keys)
     lines = [
         f"| samples | seed-0 model's test error over {num_keys} evaluation keys (%) | min | max |",
         "|---|---|---|---|",

@@ -26,7 +26,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # Argument checks (shape-only checks work under jit; value checks skip tracers).
 
 
-def _concrete_or_none(value) -> np.ndarray | None:
+def concrete_or_none(value) -> np.ndarray | None:
     """Returns `value` as a numpy array, or None when it is a tracer (its value is unknown)."""
     try:
         return np.asarray(value)
@@ -34,13 +34,16 @@ def _concrete_or_none(value) -> np.ndarray | None:
         return None
 
 
-def _check_nonnegative(name: str, value) -> None:
-    concrete = _concrete_or_none(value)
+def check_nonnegative(name: str, value) -> None:
+    """Raises ValueError naming `name` unless every element of `value` is >= 0 (skipped for a
+    tracer)."""
+    concrete = concrete_or_none(value)
     if concrete is not None and not np.all(concrete >= 0):
         raise ValueError(f"{name} must be >= 0 (a float in [0, inf)), got {value!r}.")
 
 
-def _check_positive_int(name: str, value) -> None:
+def check_positive_int(name: str, value) -> None:
+    """Raises ValueError naming `name` unless `value` is a Python or numpy integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
 
@@ -86,7 +89,7 @@ def reparameterize(
     Returns:
       `[S, ..., K]` samples; gradients flow to `mean` and `scale` (pathwise estimator).
     """
-    _check_positive_int("num_samples", num_samples)
+    check_positive_int("num_samples", num_samples)
     full = is_cholesky_factor(mean, scale)
     if full:
         _check_cholesky_shape(mean, scale)
@@ -264,7 +267,7 @@ def smoothed_cross_entropy(
     Returns:
       `logits.shape[:-1]` values.
     """
-    _check_nonnegative("smoothing", smoothing)
+    check_nonnegative("smoothing", smoothing)
     uniform = -jnp.mean(jax.nn.log_softmax(logits, axis=-1), axis=-1)
     return (1.0 - smoothing) * categorical_cross_entropy(logits, labels) + smoothing * uniform
 
@@ -360,9 +363,9 @@ def bottleneck_loss(
         )
     if jnp.ndim(beta) != 0:
         raise ValueError(f"beta must be a scalar, got shape {jnp.shape(beta)}.")
-    _check_nonnegative("beta", beta)
+    check_nonnegative("beta", beta)
     if rate_budget is not None:
-        _check_nonnegative("rate_budget", rate_budget)
+        check_nonnegative("rate_budget", rate_budget)
     distortion = -jnp.mean(log_likelihood)
     mean_rate = jnp.mean(rate)
     penalty = information_penalty(mean_rate, beta, rate_budget)
@@ -406,7 +409,7 @@ def vib_loss(
         raise ValueError(
             f"labels must have shape [B]=({batch_size},) to match logits, got {jnp.shape(labels)}."
         )
-    _check_nonnegative("confidence_penalty", confidence_penalty)
+    check_nonnegative("confidence_penalty", confidence_penalty)
     if label_entropy is None:
         label_entropy = math.log(num_classes)
 
