@@ -279,3 +279,73 @@ def posterior_ellipses(
         if entropy_grids is not None:  # the grid spans the posteriors
             axis.set(xlim=(z1[0], z1[-1]), ylim=(z2[0], z2[-1]))
     return _save(figure, path)
+
+
+def _seed_means(rows: Sequence[dict], group: Sequence[str], value: str):
+    """`{group values: (means, sds)}` of `value` over the seeds, from `metrics.seed_summary`."""
+    return {
+        tuple(entry[g] for g in group): (entry[f"{value}_mean"], entry[f"{value}_std"])
+        for entry in metrics.seed_summary(rows, group, [value])
+    }
+
+
+def accuracy_vs_epsilon(rows: Sequence[dict], attack: str, path: str) -> str:
+    """Accuracy (%) under `attack` against its epsilon ([0, 1] pixel units), one curve per model
+    and beta: the mean over seeds with their standard deviation as error bars.
+
+    Args:
+      rows: `{"model", "beta", "seed", "epsilon", "accuracy", ...}` per member and epsilon.
+    """
+    summary = _seed_means(rows, ("model", "beta", "epsilon"), "accuracy")
+    figure = Figure(figsize=(6, 4.5))
+    axes = figure.subplots()
+    for model, beta in sorted({key[:2] for key in summary}, key=lambda k: (k[1], k[0])):
+        points = sorted(
+            (key[2], *value) for key, value in summary.items() if key[:2] == (model, beta)
+        )
+        epsilons, means, stds = zip(*points)
+        label = model if beta == 0 else f"{model} beta={beta:g}"
+        axes.errorbar(epsilons, means, yerr=stds, marker="o", markersize=3, capsize=2, label=label)
+    axes.set(xlabel="epsilon ([0, 1] pixel units)", ylabel="accuracy (%)", title=attack)
+    axes.set_ylim(0, 100)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="x-small")
+    return _save(figure, path)
+
+
+def perturbation_sizes_vs_beta(rows: Sequence[dict], path: str) -> str:
+    """The mean L0, L2 and L-inf sizes of successful Carlini-Wagner perturbations against beta
+    (the paper's measures), mean ± sd over seeds; beta = 0 drawn at a tenth of the smallest."""
+    figure = Figure(figsize=(12, 3.8))
+    axes = figure.subplots(1, 3)
+    for axis, name in zip(axes, ("l0", "l2", "linf")):
+        summary = sorted(_seed_means(rows, ("beta",), f"{name}_mean").items())
+        betas = _beta_axis_values([{"beta": key[0]} for key, _ in summary])
+        means = [value[0] for _, value in summary]
+        stds = [value[1] for _, value in summary]
+        axis.errorbar(betas, means, yerr=stds, marker="o", capsize=2)
+        _log_scale_if_wide(axis, betas)
+        axis.set(xlabel=r"$\beta$", title=f"mean {name} of successful perturbations")
+        axis.grid(True, which="both", alpha=0.3)
+    return _save(figure, path)
+
+
+def reliability_diagram(bins: Sequence[dict], labels: Sequence[str], path: str) -> str:
+    """Accuracy against confidence per confidence bin (`uncertainty.reliability_bins`), one line
+    per model, with the diagonal of perfect calibration."""
+    figure = Figure(figsize=(5, 5))
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
+    for member_bins, label in zip(bins, labels):
+        filled = member_bins["count"] > 0
+        axes.plot(
+            member_bins["confidence"][filled],
+            member_bins["accuracy"][filled],
+            marker="o",
+            markersize=3,
+            label=label,
+        )
+    axes.set(xlabel="confidence (max softmax)", ylabel="accuracy", title="reliability diagram")
+    axes.set(xlim=(0, 1), ylim=(0, 1), aspect="equal")
+    axes.legend(fontsize="x-small")
+    return _save(figure, path)

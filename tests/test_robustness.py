@@ -1,0 +1,89 @@
+"""Tests of experiments/robustness.py: bad input fails before any work; the whole entrypoint on
+two small trained workdirs (slow)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from experiments import robustness
+from experiments.configs import smoke
+from vib_jax import sweep
+
+pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("real_mnist")]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-beta VIB sweep and the deterministic baseline, 1 epoch on a real-MNIST subset."""
+    root = tmp_path_factory.mktemp("robustness")
+    for name, deterministic in (("vib", False), ("det", True)):
+        config = smoke.get_config()
+        config.progress, config.num_epochs, config.deterministic = False, 1, deterministic
+        config.train_subset, config.test_subset, config.train_eval_size = 1000, 500, 500
+        config.sweep.beta = (1e-3, 1e-1)
+        sweep.train_and_evaluate(config, str(root / name))
+    return root
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (["0", "-0.1"], "--linf_epsilons must be a non-empty list of numbers >= 0"),
+        (["abc"], "--linf_epsilons must be numbers"),
+    ],
+)
+def test_bad_epsilons_are_named(values, message):
+    with pytest.raises(ValueError, match=message):
+        robustness.parse_epsilons("linf_epsilons", values)
+
+
+def test_workdirs_without_a_checkpoint_or_of_two_datasets_are_refused(trained, tmp_path):
+    empty = tmp_path / "empty"
+    shutil.copytree(trained / "vib", empty, ignore=shutil.ignore_patterns("checkpoints"))
+    with pytest.raises(ValueError, match="has no checkpoint yet"):
+        robustness.load_checked([str(trained / "det"), str(empty)])
+    fashion = tmp_path / "fashion"
+    shutil.copytree(trained / "vib", fashion)
+    with open(fashion / "config.json") as handle:
+        config = json.load(handle)
+    with open(fashion / "config.json", "w") as handle:
+        json.dump(config | {"dataset": "fashion_mnist"}, handle)
+    with pytest.raises(ValueError, match="--workdirs must be trained on one dataset"):
+        robustness.load_checked([str(trained / "vib"), str(fashion)])
+
+
+@pytest.mark.slow
+def test_the_entrypoint_writes_every_table_and_figure(trained, tmp_path):
+    output = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.robustness",
+        f"--workdirs={trained / 'vib'},{trained / 'det'}",
+        f"--output={output}",
+        "--num_images=100",
+        "--pgd_steps=3",
+        "--cw_steps=10",
+        "--attack_samples=2",
+        "--linf_epsilons=0,0.1",
+        "--l2_epsilons=0,1",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=os.getcwd())
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("robustness", "carlini_wagner", "calibration", "ood"):
+        assert (output / f"{name}.csv").exists()
+    for figure in (
+        "accuracy_fgsm",
+        "accuracy_pgd_linf",
+        "accuracy_pgd_l2",
+        "cw_sizes",
+        "cw_zeros_to_one",
+        "reliability",
+    ):
+        assert os.path.getsize(output / f"{figure}.png") > 5_000
+    rows = (output / "robustness.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 3 * 2  # 3 members x 3 attacks x 2 epsilons
