@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): 2 fills a 2-core machine, since most tests wait on XLA's
+# single-threaded compiler; `make test PYTEST_WORKERS=0` runs them in this process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install data test test-slow lint run sweep vae rd table1 bench clean
 
@@ -20,7 +23,7 @@ data: install
 	$(PY) -m vib_jax.datasets prepare
 
 test: install data lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Format and lint checks (ruff, configured in pyproject.toml); `ruff format .` fixes the formatting.
 lint: install

@@ -40,7 +40,9 @@ _NUM_IMAGES = flags.DEFINE_integer(
 _ATTACK_SAMPLES = flags.DEFINE_integer(
     "attack_samples", 12, "Posterior samples S of the averaged softmax that attacks differentiate."
 )
-_EVAL_SAMPLES = flags.DEFINE_integer("eval_samples", 12, "Posterior samples in evaluation.")
+_PREDICTIVE_SAMPLES = flags.DEFINE_integer(
+    "predictive_samples", 12, "Posterior samples of the predictive distribution (OOD, calibration)."
+)
 _LINF_EPSILONS = flags.DEFINE_list(
     "linf_epsilons",
     ["0", "0.05", "0.1", "0.15", "0.2", "0.25", "0.3"],
@@ -206,7 +208,7 @@ def uncertainty_rows(run: runs.Run, in_images, in_labels, ood_sets: dict, label:
     """Per member: calibration on the in-distribution test split, and per OOD set and score the
     detection metrics. Returns `(calibration_rows, ood_rows, reliability)`."""
     calibration, ood, reliability = [], [], []
-    num_samples = _EVAL_SAMPLES.value
+    num_samples = _PREDICTIVE_SAMPLES.value
 
     stochastic = run.task.model.stochastic  # a deterministic encoder has no rate
 
@@ -259,7 +261,7 @@ def main(argv) -> None:
     for name in (
         "num_images",
         "attack_samples",
-        "eval_samples",
+        "predictive_samples",
         "pgd_steps",
         "cw_steps",
         "batch_size",

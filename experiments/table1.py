@@ -144,7 +144,7 @@ PAPER_K2 = {1e-3: (3.18, 3.24), 1e-1: (3.44, 4.32), 1.0: (33.82, 62.81)}
 _ROOT = flags.DEFINE_string("root", "workdirs/table1", "Where the arms' workdirs live.")
 _STUDY = flags.DEFINE_enum("study", None, STUDIES, "Train the arms of this study.")
 _ARMS = flags.DEFINE_list("arms", [], "Train only these arms (names from ARMS).")
-_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 5, "Seeds per arm, trained in one program.")
+_SEEDS_PER_ARM = flags.DEFINE_integer("seeds_per_arm", 5, "Seeds per arm, trained in one program.")
 _REPORT = flags.DEFINE_bool("report", False, "Write the tables of every finished arm.")
 
 
@@ -337,9 +337,9 @@ def main(argv) -> None:
     unknown = set(_ARMS.value) - {a.name for a in ARMS}
     if unknown:
         raise app.UsageError(f"--arms: unknown {sorted(unknown)}; known: {[a.name for a in ARMS]}.")
-    if _NUM_SEEDS.value < 1:
-        raise app.UsageError(f"--num_seeds must be >= 1, got {_NUM_SEEDS.value}.")
-    configs = [(arm, arm_config(arm, _NUM_SEEDS.value)) for arm in chosen]
+    if _SEEDS_PER_ARM.value < 1:
+        raise app.UsageError(f"--seeds_per_arm must be >= 1, got {_SEEDS_PER_ARM.value}.")
+    configs = [(arm, arm_config(arm, _SEEDS_PER_ARM.value)) for arm in chosen]
     for arm, config in configs:  # every check before the first arm trains
         sweep.preflight(config, os.path.join(_ROOT.value, arm.name))
     for arm, config in configs:

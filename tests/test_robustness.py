@@ -1,6 +1,7 @@
 """Tests of experiments/robustness.py: bad input fails before any work; the whole entrypoint on
 two small trained workdirs (slow)."""
 
+import importlib
 import json
 import os
 import shutil
@@ -27,6 +28,14 @@ def trained(tmp_path_factory):
         config.sweep.beta = (1e-3, 1e-1)
         sweep.train_and_evaluate(config, str(root / name))
     return root
+
+
+def test_the_entrypoints_flags_do_not_collide():
+    """absl flags are process-wide: the entrypoints must be importable together (as tests do)."""
+    for module in ("experiments.sweep_beta", "experiments.table1"):
+        importlib.import_module(module)  # a DuplicateFlagError if a name were defined twice
+    names = set(robustness.flags.FLAGS)
+    assert {"workdirs", "predictive_samples", "seeds_per_arm", "workdir", "eval_samples"} <= names
 
 
 @pytest.mark.parametrize(
