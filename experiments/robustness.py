@@ -177,30 +177,28 @@ def carlini_wagner_rows(run: runs.Run, images, labels, label: dict):
     adversarial images of the member's first test zeros (for the figure)."""
     rows, zeros = [], []
     for m, member in enumerate(run.members):
-        adversarial, success, right = carlini_wagner(
-            run.task.model,
-            member_params(run, m),
-            images,
-            labels,
-            jax.random.key(0),
-            num_samples=attack_samples(run, _ATTACK_SAMPLES.value),
-            num_steps=_CW_STEPS.value,
-            c=jnp.float32(_CW_C.value),
-            learning_rate=jnp.float32(_CW_LEARNING_RATE.value),
-        )
-        success = np.asarray(success)
-        sizes = {
-            k: np.asarray(v) for k, v in attacks.perturbation_sizes(images, adversarial).items()
-        }
-        row = (
-            label
-            | member
-            | dict(success=100.0 * success.mean(), accuracy=100.0 * np.asarray(right).mean())
-        )
+        batches = [
+            carlini_wagner(
+                run.task.model,
+                member_params(run, m),
+                images[start : start + _BATCH.value],
+                labels[start : start + _BATCH.value],
+                jax.random.key(start),
+                num_samples=attack_samples(run, _ATTACK_SAMPLES.value),
+                num_steps=_CW_STEPS.value,
+                c=jnp.float32(_CW_C.value),
+                learning_rate=jnp.float32(_CW_LEARNING_RATE.value),
+            )
+            for start in range(0, images.shape[0], _BATCH.value)
+        ]
+        adversarial, success, right = (np.concatenate(parts) for parts in zip(*batches))
+        sizes = attacks.perturbation_sizes(images, adversarial)
+        row = label | member | dict(success=100.0 * success.mean(), accuracy=100.0 * right.mean())
         for name, values in sizes.items():
+            values = np.asarray(values)
             row[f"{name}_mean"] = float(values[success].mean()) if success.any() else float("nan")
         rows.append(row)
-        zeros.append(np.asarray(adversarial)[np.asarray(labels) == 0])
+        zeros.append(adversarial[np.asarray(labels) == 0])
     return rows, zeros
 
 
@@ -208,9 +206,8 @@ def uncertainty_rows(run: runs.Run, in_images, in_labels, ood_sets: dict, label:
     """Per member: calibration on the in-distribution test split, and per OOD set and score the
     detection metrics. Returns `(calibration_rows, ood_rows, reliability)`."""
     calibration, ood, reliability = [], [], []
-    num_samples = _PREDICTIVE_SAMPLES.value
-
-    stochastic = run.task.model.stochastic  # a deterministic encoder has no rate
+    stochastic = run.task.model.stochastic  # a deterministic encoder has no rate and no noise
+    num_samples = _PREDICTIVE_SAMPLES.value if stochastic else 1
 
     def scores(images):
         probs = np.asarray(run.predictive(images, num_samples))  # [M, N, C]
@@ -318,13 +315,14 @@ def write_outputs(tables, zeros, reliability, attacked) -> None:
         f"{r['model']} {plots.member_label(r, ('beta', 'seed'))}" for r in tables["carlini_wagner"]
     ]
     shown = min(len(z) for z in zeros)
-    grid = np.stack([z[: min(shown, 10)] for z in zeros]).reshape(len(zeros), -1, *data.IMAGE_SHAPE)
-    plots.image_grid(
-        (grid + 1) / 2,
-        labels,
-        'first test zeros pushed to "1" (CW L2)',
-        path("cw_zeros_to_one.png"),
-    )
+    if shown:  # the attacked images hold a zero
+        grid = np.stack([z[: min(shown, 10)] for z in zeros])
+        plots.image_grid(
+            data.to_unit_interval(grid.reshape(len(zeros), -1, *data.IMAGE_SHAPE)),
+            labels,
+            'first test zeros pushed to "1" (CW L2)',
+            path("cw_zeros_to_one.png"),
+        )
     plots.reliability_diagram(reliability, labels, path("reliability.png"))
     print("\n".join(markdown))
 

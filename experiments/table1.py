@@ -27,13 +27,13 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments.configs import default, jax_recipe, k2
-from vib_jax import metrics, runs, sweep
+from vib_jax import checkpoints, metrics, runs, sweep
 
 STUDIES = ("ablation", "baselines", "long", "k2")
 EVAL_SAMPLES = (1, 12, 1024)  # the paper's one-sample and 12-sample errors, the JAX notebook's 1024
 # Arms also evaluated with 1024 samples (others: 1 and 12, for time; deterministic ones: 1).
 EVALUATED_WITH_1024 = ("tf", "jax", "vib_tf_200", "vib_jax_200")
-_EVAL_CHUNK = 200  # test images per chunk: 5 members x 1024 samples x 200 x 256 floats = 1 GB
+_EVAL_CHUNK = 200  # test images per chunk: 1024 samples x 200 x 256 floats = 210 MB per member
 
 
 class Arm(NamedTuple):
@@ -167,19 +167,25 @@ def test_errors(run: runs.Run, num_samples: int, seed: int) -> np.ndarray:
     images, labels = run.split("test")
     wrong = np.zeros(len(run.members))
     for start in range(0, images.shape[0], _EVAL_CHUNK):
+        chunk = slice(start, start + _EVAL_CHUNK)
         ids = jnp.arange(start, min(start + _EVAL_CHUNK, images.shape[0]), dtype=jnp.int32)
-        probs = run.predictive(images[ids], num_samples, seed=seed, example_ids=ids)
-        wrong += np.asarray(jnp.sum(jnp.argmax(probs, -1) != labels[ids], axis=1))
+        probs = run.predictive(images[chunk], num_samples, seed=seed, example_ids=ids)
+        wrong += np.asarray(jnp.sum(jnp.argmax(probs, -1) != labels[chunk], axis=1))
     return 100.0 * wrong / images.shape[0]
 
 
-def _cached_errors(path: str, load_run: Callable[[], runs.Run], sample_counts, num_keys: int):
-    """`{"S=12": [[error per member] per key], ...}` for keys 0..num_keys-1, computing only what
-    the JSON file at `path` lacks, and saving after each count."""
-    errors = {}
+def _cached_errors(
+    path: str, epoch: int, load_run: Callable[[], runs.Run], sample_counts, num_keys: int
+):
+    """`{"S=12": [[error per member] per key], ...}` for keys 0..num_keys-1 of the params of
+    checkpoint `epoch`, computing only what the JSON file at `path` lacks (all of it when the file
+    holds another epoch's), and saving after each count."""
+    errors = {"epoch": epoch}
     if os.path.exists(path):
         with open(path) as handle:
-            errors = json.load(handle)
+            cached = json.load(handle)
+        if cached.get("epoch") == epoch:
+            errors = cached
     run = None
     for num_samples in sample_counts:
         per_key = errors.setdefault(f"S={num_samples}", [])
@@ -199,7 +205,12 @@ def posthoc_errors(
     Cached in the workdir (`posthoc_errors.json`): 1024 samples of the 10,000 test images take
     ~1 min per member and key on the 2-core CPU."""
     path = os.path.join(workdir, "posthoc_errors.json")
-    return _cached_errors(path, lambda: runs.load(workdir), sample_counts, num_keys)
+    epoch = _latest_epoch(workdir)
+    return _cached_errors(path, epoch, lambda: runs.load(workdir), sample_counts, num_keys)
+
+
+def _latest_epoch(workdir: str) -> int:
+    return checkpoints.saved_epochs(os.path.join(workdir, "checkpoints"))[-1]
 
 
 def _mean_sd(values) -> str:
@@ -305,7 +316,7 @@ def evaluation_spread(root: str, arm_name: str = "jax", num_keys: int = 5) -> st
         return dataclasses.replace(run, members=run.members[:1], ema_params=first)
 
     path = os.path.join(workdir, "evaluation_spread.json")
-    errors = _cached_errors(path, first_member, EVAL_SAMPLES, num_keys)
+    errors = _cached_errors(path, _latest_epoch(workdir), first_member, EVAL_SAMPLES, num_keys)
     lines = [
         f"| samples | seed-0 model's test error over {num_keys} evaluation keys (%) | min | max |",
         "|---|---|---|---|",
@@ -333,6 +344,8 @@ def report(root: str) -> None:
 
 def main(argv) -> None:
     del argv
+    if not (_STUDY.value or _ARMS.value or _REPORT.value):
+        raise app.UsageError("Give --study, --arms or --report (see the module's docstring).")
     chosen = [a for a in ARMS if a.study == _STUDY.value or a.name in _ARMS.value]
     unknown = set(_ARMS.value) - {a.name for a in ARMS}
     if unknown:

@@ -1,6 +1,7 @@
 """Tests of experiments/robustness.py: bad input fails before any work; the whole entrypoint on
 two small trained workdirs (slow)."""
 
+import csv
 import importlib
 import json
 import os
@@ -8,11 +9,12 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import robustness
 from experiments.configs import smoke
-from vib_jax import sweep
+from vib_jax import runs, sweep
 
 pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("real_mnist")]
 
@@ -94,5 +96,17 @@ def test_the_entrypoint_writes_every_table_and_figure(trained, tmp_path):
         "reliability",
     ):
         assert os.path.getsize(output / f"{figure}.png") > 5_000
-    rows = (output / "robustness.csv").read_text().splitlines()
-    assert len(rows) == 1 + 3 * 3 * 2  # 3 members x 3 attacks x 2 epsilons
+    with open(output / "robustness.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 * 3 * 2  # 3 members x 3 attacks x 2 epsilons
+    # At epsilon 0 every attack leaves the deterministic model its clean accuracy.
+    run = runs.load(str(trained / "det"))
+    images, labels = run.split("test", subset_size=100)
+    clean = 100 * float(np.mean(np.argmax(run.predictive(images, 1)[0], -1) == labels))
+    for row in rows:
+        if row["model"] == "det" and float(row["epsilon"]) == 0:
+            assert float(row["accuracy"]) == pytest.approx(clean)
+    with open(output / "ood.csv") as handle:
+        ood = list(csv.DictReader(handle))
+    assert {r["score"] for r in ood if r["model"] == "det"} == {"entropy", "max_softmax"}
+    assert {r["score"] for r in ood if r["model"] == "vib"} == {"rate", "entropy", "max_softmax"}

@@ -133,7 +133,7 @@ def test_debiased_ema_is_the_zero_started_average_over_one_minus_decay_to_the_t(
 
 def test_after_one_update_the_debiased_ema_is_the_params():
     for decay in (0.0, 0.5, 0.999):
-        assert float(train.ema_step_size(decay, jnp.int32(1), True)) == pytest.approx(1.0)
+        assert float(train.ema_step_size(decay, jnp.int32(1), True)) == 1.0  # exactly
         late = float(train.ema_step_size(decay, jnp.int32(100_000), True))
         assert late == pytest.approx(1 - decay, rel=1e-4)
     assert float(train.ema_step_size(0.999, jnp.int32(1), False)) == pytest.approx(1e-3)
@@ -346,3 +346,35 @@ def test_the_monte_carlo_rate_in_training_estimates_the_closed_form_kl(toy_data,
         closed_form,
         standard_error,
     )
+
+
+def test_a_member_at_dropout_zero_trains_as_without_dropout(toy_data):
+    """Drawing dropout masks (because another member drops units) changes nothing at rate 0: the
+    posterior noise keeps its keys."""
+    images, labels = toy_data
+    batch = train.Batch(images[:BATCH], labels[:BATCH], jnp.arange(BATCH, dtype=jnp.int32))
+    results = []
+    for swept in ((0.0,), (0.0, 0.3)):
+        config = toy_config()
+        with config.sweep.unlocked():
+            config.sweep.dropout = swept
+        task = vib_task(config, images, labels)
+        state = task.init(jax.random.key(4))
+        results.append(
+            task.update(state, batch, jax.random.key(5), vib_hparams(), train.Collectives())
+        )
+    (plain_state, plain_metrics), (masked_state, masked_metrics) = results
+    assert float(plain_metrics["loss"]) == float(masked_metrics["loss"])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, plain_state.params, masked_state.params)
+    config = toy_config()
+    with config.sweep.unlocked():
+        config.sweep.dropout = (0.3,)
+    task = vib_task(config, images, labels)
+    _, dropped = task.update(
+        task.init(jax.random.key(4)),
+        batch,
+        jax.random.key(5),
+        vib_hparams(dropout=0.3),
+        train.Collectives(),
+    )
+    assert float(dropped["loss"]) != float(plain_metrics["loss"])

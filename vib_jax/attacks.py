@@ -26,8 +26,8 @@ import numpy as np
 import optax
 
 from vib_jax import losses, train
+from vib_jax.data import PIXEL_MAX, PIXEL_MIN
 
-PIXEL_MIN, PIXEL_MAX = -1.0, 1.0
 # Model units per [0, 1] pixel unit: the width of the images' range.
 PIXEL_SCALE = PIXEL_MAX - PIXEL_MIN
 NORMS = ("linf", "l2")

@@ -41,6 +41,8 @@ DATASET_VERSION = "3.0.1"
 IMAGE_SHAPE = (28, 28)
 NUM_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 NUM_CLASSES = 10
+# The range of the images' pixels after `load_split`'s scaling `2 * byte / 255 - 1`.
+PIXEL_MIN, PIXEL_MAX = -1.0, 1.0
 DATA_DIR_ENV = "VIB_JAX_DATA_DIR"
 
 # Examples decoded per data-source call: large enough to amortise the per-call overhead, small
@@ -364,7 +366,7 @@ def _scale_bytes(images_u8: jax.Array) -> jax.Array:
     # `(2b - 255) / 255` hits -1 and 1 exactly (`b * (2 / 255) - 1` gives 1 + 1ulp for b = 255); the
     # clip keeps that true should a compiler turn the division into a multiplication.
     doubled = 2.0 * images_u8.astype(jnp.float32) - 255.0
-    return jnp.clip(doubled / 255.0, -1.0, 1.0)
+    return jnp.clip(doubled / 255.0, PIXEL_MIN, PIXEL_MAX)
 
 
 def to_unit_interval(images: jax.Array) -> jax.Array:

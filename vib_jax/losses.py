@@ -94,7 +94,7 @@ def reparameterize(
     if full:
         _check_cholesky_shape(mean, scale)
     else:
-        _check_same_shape(mean=mean, stddev=scale)
+        _check_same_shape(mean=mean, scale=scale)
     eps = jax.random.normal(rng, (num_samples, *jnp.shape(mean)), dtype=jnp.result_type(mean))
     if full:
         return mean + jnp.einsum("...ij,s...j->s...i", scale, eps)
@@ -145,6 +145,31 @@ def standard_normal_log_prob(z: jax.Array) -> jax.Array:
     return jnp.sum(-0.5 * jnp.square(z) - _HALF_LOG_2PI, axis=-1)
 
 
+def mixture_log_prob(
+    z: jax.Array, logits: jax.Array, means: jax.Array, stddevs: jax.Array
+) -> jax.Array:
+    """log r(z) of a mixture of diagonal Gaussians, sum_m softmax(logits)_m N(z; means_m,
+    diag(stddevs_m^2)), in nats (a learned marginal r(z); its KL from q(z|x) has no closed form:
+    use `monte_carlo_rate`).
+
+    Args:
+      z: `[..., K]` points.
+      logits: `[M]` unnormalised log mixture weights.
+      means: `[M, K]` component means.
+      stddevs: `[M, K]` positive component standard deviations.
+
+    Returns:
+      `[...]` log-densities.
+    """
+    if jnp.shape(means) != jnp.shape(stddevs) or jnp.shape(means)[:1] != jnp.shape(logits):
+        raise ValueError(
+            "logits [M], means [M, K] and stddevs [M, K] must agree, got "
+            f"{jnp.shape(logits)}, {jnp.shape(means)}, {jnp.shape(stddevs)}."
+        )
+    per_component = gaussian_log_prob(z[..., None, :], means, stddevs)  # [..., M]
+    return jax.scipy.special.logsumexp(per_component + jax.nn.log_softmax(logits), axis=-1)
+
+
 def kl_divergence(
     mean: jax.Array,
     stddev: jax.Array,
@@ -185,15 +210,15 @@ def kl_divergence_full(mean: jax.Array, scale_tril: jax.Array) -> jax.Array:
 
     Args:
       mean: `[..., K]` posterior means.
-      scale_tril: `[..., K, K]` lower-triangular Cholesky factors with positive diagonal (the
-        upper triangle is ignored).
+      scale_tril: `[..., K, K]` lower-triangular Cholesky factors with positive diagonal (zero
+        above it, as everywhere a Cholesky factor is taken).
 
     Returns:
       `[...]` KL divergences: one value per example.
     """
     _check_cholesky_shape(mean, scale_tril)
     log_diagonal = jnp.log(jnp.diagonal(scale_tril, axis1=-2, axis2=-1))
-    trace = jnp.sum(jnp.square(jnp.tril(scale_tril)), axis=(-2, -1))
+    trace = jnp.sum(jnp.square(scale_tril), axis=(-2, -1))
     location = jnp.sum(jnp.square(mean), axis=-1)
     return 0.5 * (trace + location - jnp.shape(mean)[-1]) - jnp.sum(log_diagonal, axis=-1)
 
@@ -261,7 +286,7 @@ def smoothed_cross_entropy(
     Args:
       logits: `[..., C]`.
       labels: int labels broadcastable to `logits.shape[:-1]`.
-      smoothing: epsilon in [0, 1) (a scalar; may be traced). 0 gives `categorical_cross_entropy`
+      smoothing: epsilon in [0, 1] (a scalar; may be traced). 0 gives `categorical_cross_entropy`
         exactly.
 
     Returns:
@@ -330,6 +355,16 @@ def information_penalty(
     if rate_budget is None:
         return beta * rate
     return beta * jnp.maximum(rate - rate_budget, 0.0)
+
+
+def dual_beta_step(
+    beta: jax.Array, rate: jax.Array, target_rate: jax.Array, step_size: jax.Array
+) -> jax.Array:
+    """One dual-ascent step of the Variational Discriminator Bottleneck (Peng et al. 2019):
+    `max(0, beta + step_size * (rate - target_rate))`. Beta grows while the (batch-mean) rate is
+    above the target I_c and shrinks below it, never below 0; the constraint E[KL] <= I_c holds at
+    the fixed point. Scalars; rate and target in nats, step size in beta per nat."""
+    return jnp.maximum(beta + step_size * (rate - target_rate), 0.0)
 
 
 def bottleneck_loss(

@@ -139,6 +139,28 @@ class GaussianEncoder(nn.Module):
         return mean, unit_lower * stddev[..., None, :]
 
 
+class MixtureMarginal(nn.Module):
+    """A learned marginal r(z): a mixture of `num_components` diagonal Gaussians over `[..., K]`
+    latents, with learned weights, means and stddevs (`losses.mixture_log_prob`).
+
+    The means start as draws from N(0, I) (distinct components), the stddevs at 1 and the weights
+    equal, so r(z) starts near the standard normal prior it replaces.
+    """
+
+    num_components: int
+    latent_dim: int
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        """Latents `[..., K]` -> log r(z) `[...]` in nats."""
+        shape = (self.num_components, self.latent_dim)
+        logits = self.param("logits", nn.initializers.zeros, (self.num_components,))
+        means = self.param("means", nn.initializers.normal(1.0), shape)
+        # softplus(0.5413) = 1: unit stddevs at the start.
+        pre_stddevs = self.param("pre_stddevs", nn.initializers.constant(0.5413), shape)
+        return losses.mixture_log_prob(z, logits, means, jax.nn.softplus(pre_stddevs))
+
+
 class CategoricalDecoder(nn.Module):
     """Softmax decoder q(y|z): logistic regression on z. Maps `[B, K]` latents to `[B, C]`
     logits."""
@@ -172,11 +194,14 @@ class VIBClassifier(nn.Module):
     hidden_dims: Sequence[int] = (1024, 1024)
     stochastic: bool = True
     covariance: str = "diagonal"
+    marginal_components: int = 0
 
     def setup(self):
         self.encoder = GaussianEncoder(
             self.latent_dim, self.hidden_dims, self.stochastic, covariance=self.covariance
         )
+        if self.marginal_components:
+            self.marginal = MixtureMarginal(self.marginal_components, self.latent_dim)
         sample_mapped_decoder = nn.vmap(
             CategoricalDecoder,
             variable_axes={"params": None},
@@ -201,10 +226,20 @@ class VIBClassifier(nn.Module):
         """Latents `[S, B, K]` -> logits `[S, B, C]`."""
         return self.decoder(z)
 
+    def marginal_log_prob(self, z: jax.Array) -> jax.Array:
+        """log r(z) `[...]` of latents `[..., K]`: the learned mixture when `marginal_components`
+        > 0, else N(0, I)."""
+        if self.marginal_components:
+            return self.marginal(z)
+        return losses.standard_normal_log_prob(z)
+
     def __call__(self, x: jax.Array, rng: jax.Array, num_samples: int = 1) -> VIBOutput:
-        """Images `[B, ...]` and a key -> `VIBOutput` with S = num_samples posterior samples."""
+        """Images `[B, ...]` and a key -> `VIBOutput` with S = num_samples posterior samples (and,
+        with a learned marginal, its params initialised too)."""
         mean, scale = self.encode(x)
         z = losses.reparameterize(rng, mean, scale, num_samples)
+        if self.marginal_components:
+            self.marginal(z)  # creates the marginal's params
         return VIBOutput(self.decode(z), mean, scale)
 
 

@@ -315,18 +315,22 @@ def accuracy_vs_epsilon(rows: Sequence[dict], attack: str, path: str) -> str:
 
 def perturbation_sizes_vs_beta(rows: Sequence[dict], path: str) -> str:
     """The mean L0, L2 and L-inf sizes of successful Carlini-Wagner perturbations against beta
-    (the paper's measures), mean ± sd over seeds; beta = 0 drawn at a tenth of the smallest."""
+    (the paper's measures), one line per model, mean ± sd over seeds; beta = 0 drawn at a tenth
+    of the smallest beta."""
     figure = Figure(figsize=(12, 3.8))
     axes = figure.subplots(1, 3)
+    floor = {"beta": min([r["beta"] for r in rows if r["beta"] > 0], default=10.0)}
     for axis, name in zip(axes, ("l0", "l2", "linf")):
-        summary = sorted(_seed_means(rows, ("beta",), f"{name}_mean").items())
-        betas = _beta_axis_values([{"beta": key[0]} for key, _ in summary])
-        means = [value[0] for _, value in summary]
-        stds = [value[1] for _, value in summary]
-        axis.errorbar(betas, means, yerr=stds, marker="o", capsize=2)
-        _log_scale_if_wide(axis, betas)
+        summary = _seed_means(rows, ("model", "beta"), f"{name}_mean")
+        for model in sorted({key[0] for key in summary}):
+            points = sorted((key[1], *value) for key, value in summary.items() if key[0] == model)
+            betas = _beta_axis_values([{"beta": p[0]} for p in points] + [floor])[:-1]
+            means, stds = [p[1] for p in points], [p[2] for p in points]
+            axis.errorbar(betas, means, yerr=stds, marker="o", capsize=2, label=model)
+        _log_scale_if_wide(axis, [r["beta"] for r in rows] + [floor["beta"] / 10])
         axis.set(xlabel=r"$\beta$", title=f"mean {name} of successful perturbations")
         axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize="x-small")
     return _save(figure, path)
 
 

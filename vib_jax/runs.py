@@ -86,14 +86,10 @@ class Run:
         """`[M, N]` KL(q(z|x) || N(0, I)) in nats, the rate of each image under each member."""
         return losses.kl_to_standard_normal(*self.posterior(images))
 
-    def sample_latents(
-        self, images, num_samples: int, seed: int = 0, example_ids=None
-    ) -> jax.Array:
-        """`[M, S, N, K]` posterior samples; example i's noise is from
-        `fold_in(key(seed), example_ids[i])` (default ids 0..N-1: pass the images' indices in
-        their split to evaluate a split in chunks with every example's own noise)."""
+    def sample_latents(self, images, num_samples: int, seed: int = 0) -> jax.Array:
+        """`[M, S, N, K]` posterior samples; example i's noise is from `fold_in(key(seed), i)`."""
         mean, scale = self.posterior(images)
-        ids = jnp.arange(mean.shape[1], dtype=jnp.int32) if example_ids is None else example_ids
+        ids = jnp.arange(mean.shape[1], dtype=jnp.int32)
         key = jax.random.key(seed)
         draw = lambda m, s: train.sample_latents(key, ids, m, s, num_samples)
         return jax.vmap(draw)(mean, scale)
@@ -102,8 +98,10 @@ class Run:
         self, images, num_samples: int = 12, seed: int = 0, example_ids=None
     ) -> jax.Array:
         """`[M, N, C]` the classifier's predictive distribution: the softmax averaged over
-        `num_samples` posterior samples (the paper's evaluation; noise as in `sample_latents`).
-        Compiled, one member at a time. Classifier tasks only."""
+        `num_samples` posterior samples (the paper's evaluation). Example i's noise is from
+        `fold_in(key(seed), example_ids[i])`, as in `sample_latents` (default ids 0..N-1: pass the
+        images' indices in their split to evaluate a split in chunks with every example's own
+        noise). Compiled, one member at a time. Classifier tasks only."""
         if not hasattr(self.task.model, "num_classes"):
             raise ValueError(f"predictive needs a classifier task, got task={self.config.task!r}.")
         images = self._model_inputs(images)
@@ -164,6 +162,7 @@ def load(workdir: str) -> Run:
     if not os.path.exists(config_path):
         raise ValueError(f"workdir {workdir!r} holds no vib-jax run: it has no config.json.")
     config = config_from_json(config_path)
+    sweep.validate_config(config)  # a config of an older version names what it lacks
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     if not checkpoints.saved_epochs(checkpoint_dir):
         raise ValueError(f"workdir {workdir!r} has no checkpoint yet: train it first.")

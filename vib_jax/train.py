@@ -188,7 +188,8 @@ def ema_step_size(ema_decay: float, num_updates: jax.Array, debias: bool) -> jax
     if not debias:
         return jnp.asarray(1.0 - ema_decay, jnp.float32)
     log_decay = math.log(ema_decay) if ema_decay > 0 else -math.inf  # in float64, then rounded
-    return (1.0 - ema_decay) / -jnp.expm1(num_updates.astype(jnp.float32) * log_decay)
+    step_size = (1.0 - ema_decay) / -jnp.expm1(num_updates.astype(jnp.float32) * log_decay)
+    return jnp.minimum(step_size, 1.0)  # float32 rounds t = 1 to 1 + 1e-7: no negative weight
 
 
 def make_train_step(

@@ -120,7 +120,7 @@ def ood_metrics(in_scores, out_scores) -> dict[str, float]:
     Returns:
       `{"auroc", "aupr", "fpr_at_95_tpr"}`: the area under the ROC curve (1: perfect, 0.5: chance),
       the average precision (area under the precision-recall curve), and the fraction of
-      in-distribution inputs flagged at the lowest threshold that flags `OOD_TPR` of the
+      in-distribution inputs flagged at the highest threshold that still flags `OOD_TPR` of the
       out-of-distribution ones (0: perfect).
     """
     from sklearn import metrics

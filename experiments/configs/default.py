@@ -18,9 +18,14 @@ def get_config() -> ml_collections.ConfigDict:
     # The rate in the loss: "closed_form" KL (the official TF demo) or "monte_carlo",
     # log q(z|x) - log r(z) on the training samples (the official JAX notebook).
     config.rate_estimator = "closed_form"
+    # r(z): "standard_normal", or a learned "mixture" of `marginal_components` diagonal Gaussians
+    # (its rate is Monte Carlo: set rate_estimator = "monte_carlo").
+    config.marginal = "standard_normal"
+    config.marginal_components = 10
     # The sweep: every seed times the product of the lists below, all trained in one program. Any
     # hyperparameter of the task may get a list (vib_classifier: beta, rate_budget, dropout,
-    # label_smoothing, confidence_penalty).
+    # label_smoothing, confidence_penalty, and the VDB's target_rate and beta_step_size: with a
+    # step size > 0, beta follows the dual update and holds the rate at target_rate).
     config.seeds = (0,)
     config.sweep = ml_collections.ConfigDict({"beta": (1e-3,)})
     config.train_samples = 1

@@ -14,7 +14,9 @@ from experiments.configs import default
 def get_config():
     config = default.get_config()
     config.task = "vae"
-    del config.deterministic, config.covariance, config.rate_estimator  # classifier entries
+    # Classifier entries.
+    del config.deterministic, config.covariance, config.rate_estimator
+    del config.marginal, config.marginal_components
     config.latent_dim = 50
     config.hidden_dims = (200, 200)
     config.activation = "tanh"

@@ -23,9 +23,10 @@ from types import ModuleType
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from vib_jax import train
+from vib_jax import losses, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,49 @@ class Hyperparameter:
     allowed: str
     is_allowed: Callable[[float], bool]
     doc: str
+
+
+# The Variational Discriminator Bottleneck's constraint (Peng et al. 2019), for a task whose update
+# reports the batch-mean `rate` and whose loss weighs it by `hparams["beta"]` (`with_dual_beta`).
+DUAL_BETA_HYPERPARAMETERS = {
+    "target_rate": Hyperparameter(
+        0.0, ">= 0", lambda v: v >= 0, "I_c (nats): the rate the dual update of beta holds"
+    ),
+    "beta_step_size": Hyperparameter(
+        0.0,
+        ">= 0",
+        lambda v: v >= 0,
+        "alpha_beta: beta's dual step per nat of rate above I_c (0: beta fixed)",
+    ),
+}
+
+
+def uses_dual_beta(config) -> bool:
+    """Whether any member's beta follows the dual update (a swept `beta_step_size` > 0)."""
+    return any(value > 0 for value in config.sweep.to_dict().get("beta_step_size", ()))
+
+
+def dual_beta_variables() -> dict[str, jax.Array]:
+    """The state `with_dual_beta` keeps: beta's offset from its initial value (the member's
+    `beta` hyperparameter), starting at 0."""
+    return {"beta_offset": jnp.zeros((), jnp.float32)}
+
+
+def with_dual_beta(update: train.Update) -> train.Update:
+    """Makes beta a state variable: each step trains with beta_t = hparams beta + offset, then sets
+    beta_{t+1} = `losses.dual_beta_step(beta_t, rate, target_rate, beta_step_size)` from the step's
+    batch-mean rate (averaged over devices by the update). The metrics gain `beta` (beta_t)."""
+
+    def dual_update(state, batch, key, hparams, collectives):
+        beta = hparams["beta"] + state.variables["beta_offset"]
+        state, metrics = update(state, batch, key, dict(hparams) | {"beta": beta}, collectives)
+        next_beta = losses.dual_beta_step(
+            beta, metrics["rate"], hparams["target_rate"], hparams["beta_step_size"]
+        )
+        offset = {"beta_offset": next_beta - hparams["beta"]}
+        return state.replace(variables=offset), metrics | {"beta": beta}
+
+    return dual_update
 
 
 class DataInfo(NamedTuple):

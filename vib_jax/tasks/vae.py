@@ -34,7 +34,7 @@ from vib_jax.tasks import DataInfo, Hyperparameter, Task, TrainedRun
 
 HYPERPARAMETERS = {
     "beta": Hyperparameter(1.0, ">= 0", lambda v: v >= 0, "weight of the rate; 1: the ELBO"),
-}
+} | tasks.DUAL_BETA_HYPERPARAMETERS
 LIKELIHOODS = ("bernoulli", "gaussian")
 OBJECTIVES = ("elbo", "iwae")
 RESULT_COLUMNS = (
@@ -144,9 +144,11 @@ def build(config, data_info: DataInfo) -> Task:
         log_ratio = losses.gaussian_log_prob(z, mean, stddev) - losses.standard_normal_log_prob(z)
         return log_px, log_px - beta * log_ratio, losses.kl_divergence(mean, stddev)
 
+    dual = tasks.uses_dual_beta(config)
+
     def init(key):
         params = model.init(key, jnp.zeros((1, data_info.input_dim), jnp.float32))
-        return train.init_state(params, optimizer)
+        return train.init_state(params, optimizer, tasks.dual_beta_variables() if dual else ())
 
     def loss_fn(params, batch, key, hparams, collectives):
         del collectives  # every term is a per-example mean
@@ -198,9 +200,10 @@ def build(config, data_info: DataInfo) -> Task:
         nll = negative_log_likelihood(params, eval_targets(batch), batch.example_ids, nll_key)
         return metrics | {"nll": nll}
 
+    update = train.gradient_update(loss_fn, optimizer)
     return Task(
         init=init,
-        update=train.gradient_update(loss_fn, optimizer),
+        update=tasks.with_dual_beta(update) if dual else update,
         evaluate=evaluate,
         summarize=summarize,
         result_columns=RESULT_COLUMNS,

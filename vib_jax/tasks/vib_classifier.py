@@ -38,8 +38,10 @@ HYPERPARAMETERS = {
     "confidence_penalty": Hyperparameter(
         0.0, ">= 0", lambda v: v >= 0, "weight of -H(q(y|z)) in the loss (Pereyra et al. 2017)"
     ),
-}
+} | tasks.DUAL_BETA_HYPERPARAMETERS
 RATE_ESTIMATORS = ("closed_form", "monte_carlo")
+MARGINALS = ("standard_normal", "mixture")
+RATE_HYPERPARAMETERS = ("beta", "rate_budget", "target_rate", "beta_step_size")
 RESULT_COLUMNS = tuple(
     f"{split}_{name}"
     for split, names in (
@@ -60,9 +62,26 @@ def validate_config(config) -> None:
         raise ValueError(
             f"rate_estimator must be one of {RATE_ESTIMATORS}, got {config.rate_estimator!r}."
         )
-
-
-RATE_HYPERPARAMETERS = ("beta", "rate_budget")
+    if config.marginal not in MARGINALS:
+        raise ValueError(f"marginal must be one of {MARGINALS}, got {config.marginal!r}.")
+    stochastic_options = {
+        "covariance": "diagonal",
+        "rate_estimator": "closed_form",
+        "marginal": "standard_normal",
+    }
+    for name, default in stochastic_options.items():
+        if config.deterministic and config[name] != default:
+            raise ValueError(
+                f"{name}={config[name]!r} needs a stochastic encoder; deterministic has none "
+                f"(use {name}={default!r})."
+            )
+    if config.marginal == "mixture":
+        tasks.check_positive_ints(config, ("marginal_components",))
+        if config.rate_estimator != "monte_carlo":
+            raise ValueError(
+                "rate_estimator must be 'monte_carlo' with marginal='mixture' (a KL to a mixture "
+                f"has no closed form), got {config.rate_estimator!r}."
+            )
 
 
 def resolve_sweep(config, sweep: dict) -> dict:
@@ -85,6 +104,7 @@ def model_from_config(config, num_classes: int) -> models.VIBClassifier:
         tuple(config.hidden_dims),
         not config.deterministic,
         config.covariance,
+        config.marginal_components if config.marginal == "mixture" else 0,
     )
 
 
@@ -102,11 +122,21 @@ def posterior_and_latents(model, params, batch: train.Batch, key, num_samples: i
     return mean, scale, z
 
 
-def rate(model, mean, scale) -> jax.Array:
-    """`[B]` KL(q(z|x) || N(0, I)) in nats (closed form); zero for the deterministic encoder."""
+def rate(model, params, mean, scale, z) -> jax.Array:
+    """`[B]` KL(q(z|x) || r(z)) in nats: in closed form for r = N(0, I), by Monte Carlo on the
+    samples `z` `[S, B, K]` for a learned marginal; zero for the deterministic encoder."""
     if not model.stochastic:
         return jnp.zeros(mean.shape[:1])
+    if model.marginal_components:
+        return monte_carlo_rate(model, params, mean, scale, z)
     return losses.kl_to_standard_normal(mean, scale)
+
+
+def monte_carlo_rate(model, params, mean, scale, z) -> jax.Array:
+    """`[B]` log q(z|x) - log r(z) averaged over the samples `z` `[S, B, K]`, for the model's
+    marginal r (N(0, I) or its learned mixture)."""
+    marginal = lambda latents: model.apply(params, latents, method=model.marginal_log_prob)
+    return losses.monte_carlo_rate(z, mean, scale, marginal)
 
 
 def uses_dropout(config) -> bool:
@@ -122,10 +152,13 @@ def build(config, data: DataInfo) -> Task:
     monte_carlo = model.stochastic and config.rate_estimator == "monte_carlo"
     dropout = uses_dropout(config)
 
+    dual = tasks.uses_dual_beta(config)
+
     def init(key):
         params_key, dummy_noise_key = jax.random.split(key)
         dummy_images = jnp.zeros((1, data.input_dim), jnp.float32)
-        return train.init_state(model.init(params_key, dummy_images, dummy_noise_key), optimizer)
+        params = model.init(params_key, dummy_images, dummy_noise_key)
+        return train.init_state(params, optimizer, tasks.dual_beta_variables() if dual else ())
 
     def loss_fn(params, batch, key, hparams, collectives):
         del collectives  # every term is a per-example mean
@@ -133,11 +166,14 @@ def build(config, data: DataInfo) -> Task:
             model, params, batch, key, train_samples, hparams["dropout"] if dropout else None
         )
         logits = model.apply(params, z, method=model.decode)
-        sample_rate = losses.monte_carlo_rate(z, mean, scale) if monte_carlo else None
+        if monte_carlo:
+            batch_rate = monte_carlo_rate(model, params, mean, scale, z)
+        else:
+            batch_rate = rate(model, params, mean, scale, z)
         return losses.vib_loss(
             logits,
             batch.labels,
-            rate(model, mean, scale) if sample_rate is None else sample_rate,
+            batch_rate,
             hparams["beta"],
             rate_budget=hparams["rate_budget"],
             label_entropy=data.label_entropy,
@@ -157,12 +193,13 @@ def build(config, data: DataInfo) -> Task:
             "error_1": jnp.argmax(logits[0], -1) != labels,
             "error_mean": jnp.argmax(mean_logits, -1) != labels,
             "cross_entropy": jnp.mean(losses.categorical_cross_entropy(logits, labels), axis=0),
-            "rate": rate(model, mean, scale),
+            "rate": rate(model, params, mean, scale, z),
         }
 
+    update = train.gradient_update(loss_fn, optimizer)
     return Task(
         init=init,
-        update=train.gradient_update(loss_fn, optimizer),
+        update=tasks.with_dual_beta(update) if dual else update,
         evaluate=evaluate,
         summarize=summarize,
         result_columns=RESULT_COLUMNS,

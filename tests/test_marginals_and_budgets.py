@@ -1,0 +1,150 @@
+"""Learned marginals r(z) and the VDB's dual update of beta (issue 11's first members): the
+mixture density against scipy, its Monte-Carlo rate against the closed form, the dual recursion
+against numpy, and both through the classifier task."""
+
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+from hypothesis import given, settings
+
+from experiments.configs import smoke
+from vib_jax import losses, models, sweep, tasks, train
+from vib_jax.tasks import vib_classifier
+
+
+def test_mixture_log_prob_matches_scipy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=3).astype(np.float32)
+    means = rng.normal(size=(3, 2)).astype(np.float32)
+    stddevs = rng.lognormal(sigma=0.5, size=(3, 2)).astype(np.float32)
+    z = rng.normal(scale=2.0, size=(5, 4, 2)).astype(np.float32)
+    weights = np.exp(logits) / np.exp(logits).sum()
+    want = np.log(
+        sum(
+            w * scipy.stats.multivariate_normal(m, np.diag(s**2)).pdf(z)
+            for w, m, s in zip(weights, means, stddevs)
+        )
+    )
+    got = losses.mixture_log_prob(z, logits, means, stddevs)
+    assert got.shape == (5, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"logits \[M\], means \[M, K\] and stddevs \[M, K\]"):
+        losses.mixture_log_prob(z, logits[:2], means, stddevs)
+
+
+def test_the_rate_to_a_one_component_mixture_is_the_closed_form_kl():
+    rng = np.random.default_rng(1)
+    mean = rng.normal(size=(3, 4)).astype(np.float32)
+    stddev = rng.lognormal(sigma=0.3, size=(3, 4)).astype(np.float32)
+    prior_mean = rng.normal(size=(1, 4)).astype(np.float32)
+    prior_stddev = rng.lognormal(sigma=0.3, size=(1, 4)).astype(np.float32)
+    n = 100_000
+    z = losses.reparameterize(jax.random.key(0), mean, stddev, n)
+    marginal = lambda latents: losses.mixture_log_prob(
+        latents, jnp.zeros(1), prior_mean, prior_stddev
+    )
+    per_sample = losses.gaussian_log_prob(z, mean, stddev) - marginal(z)
+    standard_error = np.std(np.asarray(per_sample, np.float64), axis=0) / np.sqrt(n)
+    estimate = losses.monte_carlo_rate(z, mean, stddev, marginal)
+    closed_form = losses.kl_divergence(mean, stddev, prior_mean[0], prior_stddev[0])
+    assert np.all(np.abs(estimate - closed_form) < 3 * standard_error)
+
+
+def test_the_mixture_marginal_starts_near_the_standard_normal():
+    marginal = models.MixtureMarginal(num_components=5, latent_dim=3)
+    z = jax.random.normal(jax.random.key(0), (100, 3))
+    params = marginal.init(jax.random.key(1), z)
+    stddevs = jax.nn.softplus(params["params"]["pre_stddevs"])
+    np.testing.assert_allclose(stddevs, 1.0, rtol=1e-4)
+    assert marginal.apply(params, z).shape == (100,)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    rates=st.lists(st.floats(0, 50), min_size=1, max_size=30),
+    target=st.floats(0, 30),
+    step=st.floats(0, 1),
+    beta=st.floats(0, 2),
+)
+def test_the_dual_update_of_beta_follows_its_recursion_and_is_never_negative(
+    rates, target, step, beta
+):
+    got, want = jnp.float32(beta), np.float64(beta)
+    for rate in rates:
+        got = losses.dual_beta_step(got, jnp.float32(rate), jnp.float32(target), jnp.float32(step))
+        want = max(0.0, want + step * (rate - target))
+        assert float(got) >= 0.0
+    assert float(got) == pytest.approx(want, rel=1e-4, abs=1e-4)
+
+
+def toy_task(marginal="standard_normal", **sweep_values):
+    """The classifier task (Monte-Carlo rate) of a small learnable problem, and a batch of it."""
+    images = jax.random.normal(jax.random.key(0), (64, 12))
+    labels = jnp.argmax(images @ jax.random.normal(jax.random.key(1), (12, 10)), -1)
+    config = smoke.get_config()
+    config.latent_dim, config.hidden_dims, config.batch_size = 4, (16,), 16
+    config.rate_estimator, config.marginal = "monte_carlo", marginal
+    with config.sweep.unlocked():
+        for name, values in sweep_values.items():
+            config.sweep[name] = values
+    task = vib_classifier.build(config, sweep.data_info(config, images, labels))
+    batch = train.Batch(images[:16], labels[:16].astype(jnp.int32), jnp.arange(16))
+    return config, task, batch
+
+
+def test_the_classifier_with_the_dual_update_moves_beta_by_the_rate_above_the_target():
+    _, task, batch = toy_task(beta_step_size=(0.01,), target_rate=(5.0,))
+    state = task.init(jax.random.key(2))
+    defaults = {n: h.default for n, h in vib_classifier.HYPERPARAMETERS.items()}
+    hparams = {
+        name: jnp.float32(value)
+        for name, value in (
+            defaults | {"beta": 0.1, "beta_step_size": 0.01, "target_rate": 5.0}
+        ).items()
+    }
+    step = jax.jit(train.make_train_step(task.update, 0.9, train.Collectives()))
+    beta = 0.1
+    for _ in range(5):
+        state, metrics = step(state, batch, jax.random.key(3), hparams)
+        assert float(metrics["beta"]) == pytest.approx(beta, rel=1e-5)  # the beta of that step
+        beta = max(0.0, beta + 0.01 * (float(metrics["rate"]) - 5.0))
+    assert float(hparams["beta"] + state.variables["beta_offset"]) == pytest.approx(beta, rel=1e-5)
+
+
+def test_the_classifier_with_a_learned_mixture_marginal_trains_its_marginal():
+    config, task, batch = toy_task(marginal="mixture")
+    state = task.init(jax.random.key(2))
+    assert state.params["params"]["marginal"]["means"].shape == (config.marginal_components, 4)
+    hparams = {n: jnp.float32(h.default) for n, h in vib_classifier.HYPERPARAMETERS.items()}
+    new_state, metrics = task.update(
+        state, batch, jax.random.key(3), hparams | {"beta": jnp.float32(1.0)}, train.Collectives()
+    )
+    moved = (
+        new_state.params["params"]["marginal"]["means"]
+        - state.params["params"]["marginal"]["means"]
+    )
+    assert np.all(np.isfinite(float(metrics["rate"]))) and float(np.abs(moved).max()) > 0
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ({"marginal": "mixture"}, "rate_estimator must be 'monte_carlo' with marginal='mixture'"),
+        ({"marginal": "vamp"}, "marginal must be one of"),
+        (
+            {"marginal": "mixture", "rate_estimator": "monte_carlo", "marginal_components": 0},
+            "marginal_components must be an integer >= 1",
+        ),
+        ({"deterministic": True, "covariance": "full"}, "covariance='full' needs a stochastic"),
+    ],
+)
+def test_bad_marginal_and_encoder_entries_are_named(entries, message):
+    config = smoke.get_config()
+    for name, value in entries.items():
+        config[name] = value
+    with pytest.raises(ValueError, match=message):
+        sweep.validate_config(config)
+    assert tasks.uses_dual_beta(config) is False
