@@ -148,3 +148,26 @@ def test_bad_marginal_and_encoder_entries_are_named(entries, message):
     with pytest.raises(ValueError, match=message):
         sweep.validate_config(config)
     assert tasks.uses_dual_beta(config) is False
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+@pytest.mark.usefixtures("real_mnist")
+def test_a_vae_with_the_dual_update_holds_its_rate_near_the_target(tmp_path):
+    """The VDB constraint on the beta-VAE, swept over two targets in one program: beta adapts
+    and each member's rate ends near its I_c (160 steps of alpha_beta = 0.05: 5.3 and 12.8 nats
+    for I_c = 5 and 15 when written); the run draws rate and beta against epochs."""
+    from experiments.configs import vae
+
+    config = vae.get_config()
+    config.progress, config.num_epochs, config.eval_every_epochs = False, 8, 2
+    config.train_subset, config.test_subset, config.train_eval_size = 2000, 500, 500
+    config.nll_samples, config.nll_chunk_size, config.checkpoint_every_epochs = 20, 20, 8
+    config.latent_dim, config.hidden_dims = 8, (64,)
+    with config.sweep.unlocked():
+        config.sweep.beta_step_size, config.sweep.target_rate = (0.05,), (5.0, 15.0)
+    workdir = tmp_path / "vdb"
+    rows = sweep.train_and_evaluate(config, str(workdir))
+    for row in rows:
+        assert abs(row["train_rate_nats"] - row["target_rate"]) < 0.25 * row["target_rate"], row
+    assert (workdir / "dual_beta_beta.png").exists() and (workdir / "dual_beta_rate.png").exists()

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vib_jax import losses, train
+from vib_jax import losses, plots, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +80,19 @@ def with_dual_beta(update: train.Update) -> train.Update:
         return state.replace(variables=offset), metrics | {"beta": beta}
 
     return dual_update
+
+
+def dual_beta_figures(records, path: Callable[[str], str]) -> list[str]:
+    """For a run with the dual update of beta (records holding `train_batches/beta`): the
+    training batches' rate (nats) and beta against epochs, one line per member; else none."""
+    if not any("train_batches/beta" in record for record in records):
+        return []
+    return [
+        plots.learning_curves(
+            records, "train_batches/rate", "rate (nats)", path("dual_beta_rate.png")
+        ),
+        plots.learning_curves(records, "train_batches/beta", "beta", path("dual_beta_beta.png")),
+    ]
 
 
 class DataInfo(NamedTuple):

@@ -300,4 +300,4 @@ def figures(run: TrainedRun, model: models.VAE, num_columns: int = 10) -> list[s
         paths.append(
             plots.latent_scatter(np.stack(latents), run.test_labels, labels, path("latents.png"))
         )
-    return paths
+    return paths + tasks.dual_beta_figures(run.records, path)

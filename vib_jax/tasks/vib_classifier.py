@@ -283,4 +283,4 @@ def figures(run: TrainedRun, model) -> list[str]:
     ]
     if model.latent_dim == 2 and model.stochastic:
         paths.append(posterior_figure(run, model, path("posteriors_k2.png")))
-    return paths
+    return paths + tasks.dual_beta_figures(run.records, path)
