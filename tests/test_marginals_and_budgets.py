@@ -171,3 +171,67 @@ def test_a_vae_with_the_dual_update_holds_its_rate_near_the_target(tmp_path):
     for row in rows:
         assert abs(row["train_rate_nats"] - row["target_rate"]) < 0.25 * row["target_rate"], row
     assert (workdir / "dual_beta_beta.png").exists() and (workdir / "dual_beta_rate.png").exists()
+
+
+def numpy_mmd_squared(x, y, kernel):
+    """The unbiased MMD^2 by explicit loops over pairs, float64."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    c = 2.0 * x.shape[1]
+
+    def k(a, b):
+        d = np.sum((a - b) ** 2)
+        return np.exp(-d / c) if kernel == "gaussian" else c / (c + d)
+
+    n, m = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
+    return xx + yy - 2 * xy
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "inverse_multiquadric"])
+def test_mmd_is_the_unbiased_u_statistic_zero_for_equal_and_positive_for_different(kernel):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 3)), rng.normal(loc=0.5, size=(9, 3))
+    got = float(losses.mmd_squared(jnp.asarray(x), jnp.asarray(y), kernel))
+    assert got == pytest.approx(numpy_mmd_squared(x, y, kernel), rel=1e-4, abs=1e-6)
+    # Equal distributions: zero in expectation (within 3 standard errors over 300 draws).
+    draws = jax.random.normal(jax.random.key(1), (300, 2, 20, 3))
+    same = np.asarray(jax.vmap(lambda d: losses.mmd_squared(d[0], d[1], kernel))(draws))
+    assert abs(same.mean()) < 3 * same.std() / np.sqrt(len(same))
+    shifted = np.asarray(jax.vmap(lambda d: losses.mmd_squared(d[0], d[1] + 1.0, kernel))(draws))
+    assert shifted.mean() > 10 * shifted.std() / np.sqrt(len(shifted)) > 0
+
+
+def test_mmd_needs_a_known_kernel_and_two_rows():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        losses.mmd_squared(jnp.zeros((4, 2)), jnp.zeros((4, 2)), "laplacian")
+    with pytest.raises(ValueError, match="x and y need >= 2 rows each"):
+        losses.mmd_squared(jnp.zeros((1, 2)), jnp.zeros((4, 2)))
+
+
+def test_the_vae_adds_lambda_times_the_mmd_to_its_loss():
+    from experiments.configs import vae
+
+    config = vae.get_config()
+    config.latent_dim, config.hidden_dims, config.batch_size = 4, (16,), 16
+    with config.sweep.unlocked():
+        config.sweep.mmd_weight = (0.0, 100.0)
+    images = jnp.clip(jax.random.normal(jax.random.key(0), (64, 12)), -1, 1)
+    labels = jnp.zeros(64, jnp.int32)
+    task = tasks.load("vae").build(config, sweep.data_info(config, images, labels))
+    state = task.init(jax.random.key(1))
+    batch = train.Batch(images[:16], labels[:16], jnp.arange(16))
+    defaults = {n: jnp.float32(h.default) for n, h in tasks.load("vae").HYPERPARAMETERS.items()}
+    metrics = {}
+    for weight in (0.0, 100.0):
+        hparams = defaults | {"mmd_weight": jnp.float32(weight)}
+        _, metrics[weight] = task.update(
+            state, batch, jax.random.key(2), hparams, train.Collectives()
+        )
+    assert float(metrics[100.0]["mmd"]) == float(metrics[0.0]["mmd"]) != 0.0
+    expected = float(metrics[0.0]["loss"]) + 100.0 * float(metrics[0.0]["mmd"])
+    assert float(metrics[100.0]["loss"]) == pytest.approx(expected, rel=1e-5)
+    config.mmd_kernel = "laplacian"
+    with pytest.raises(ValueError, match="mmd_kernel must be one of"):
+        sweep.validate_config(config)

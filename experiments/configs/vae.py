@@ -23,6 +23,9 @@ def get_config():
     config.stddev_shift = 0.0  # softplus(pre): q(z|x) starts with stddev ~0.7
     config.likelihood = "bernoulli"  # or "gaussian" (grey levels, learned stddev per pixel)
     config.objective = "elbo"  # or "iwae" (k = train_samples)
+    # InfoVAE / MMD-VAE: `--sweep=mmd_weight=...` adds lambda * MMD^2(q(z), p(z)) over the global
+    # batch with this kernel ("gaussian" or "inverse_multiquadric"); with --beta=0, the MMD-VAE.
+    config.mmd_kernel = "gaussian"
     config.sweep.beta = (1.0,)
     config.train_samples = 1
     config.eval_samples = 1

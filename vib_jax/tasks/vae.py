@@ -34,6 +34,12 @@ from vib_jax.tasks import DataInfo, Hyperparameter, Task, TrainedRun
 
 HYPERPARAMETERS = {
     "beta": Hyperparameter(1.0, ">= 0", lambda v: v >= 0, "weight of the rate; 1: the ELBO"),
+    "mmd_weight": Hyperparameter(
+        0.0,
+        ">= 0",
+        lambda v: v >= 0,
+        "lambda: weight of MMD^2(q(z), p(z)) over the global batch (InfoVAE / MMD-VAE)",
+    ),
 } | tasks.DUAL_BETA_HYPERPARAMETERS
 LIKELIHOODS = ("bernoulli", "gaussian")
 OBJECTIVES = ("elbo", "iwae")
@@ -68,6 +74,10 @@ def validate_config(config) -> None:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {config.likelihood!r}.")
     if config.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}.")
+    if config.mmd_kernel not in losses.MMD_KERNELS:
+        raise ValueError(
+            f"mmd_kernel must be one of {losses.MMD_KERNELS}, got {config.mmd_kernel!r}."
+        )
     models.check_activation(config.activation)
 
 
@@ -150,8 +160,18 @@ def build(config, data_info: DataInfo) -> Task:
         params = model.init(key, jnp.zeros((1, data_info.input_dim), jnp.float32))
         return train.init_state(params, optimizer, tasks.dual_beta_variables() if dual else ())
 
+    uses_mmd = any(value > 0 for value in config.sweep.to_dict().get("mmd_weight", ()))
+
+    def mmd_to_prior(params, x, ids, key, collectives):
+        """MMD^2 between the global batch's posterior samples (one per example, gathered over the
+        devices) and as many prior samples (drawn from the step's key, alike on every device)."""
+        sample_key, prior_key = jax.random.split(key)
+        mean, stddev = model.apply(params, x, method=model.encode)
+        z = collectives.gather(train.sample_latents(sample_key, ids, mean, stddev, 1)[0])
+        prior = jax.random.normal(prior_key, z.shape)
+        return losses.mmd_squared(z, prior, config.mmd_kernel)
+
     def loss_fn(params, batch, key, hparams, collectives):
-        del collectives  # every term is a per-example mean
         binarize_key, noise_key = jax.random.split(key)
         x = model_inputs(batch.images, batch.example_ids, binarize_key, config.likelihood)
         beta = hparams["beta"]
@@ -159,12 +179,21 @@ def build(config, data_info: DataInfo) -> Task:
             params, x, batch.example_ids, noise_key, config.train_samples, beta
         )
         if config.objective == "elbo":
-            return losses.beta_vae_loss(log_px, rate, beta)
-        bound = jnp.mean(losses.importance_weighted_bound(weights))
-        metrics = dict(
-            loss=-bound, iw_bound=bound, distortion=-jnp.mean(log_px), rate=jnp.mean(rate)
-        )
-        return -bound, metrics
+            loss, metrics = losses.beta_vae_loss(log_px, rate, beta)
+        else:
+            bound = jnp.mean(losses.importance_weighted_bound(weights))
+            loss, metrics = (
+                -bound,
+                dict(
+                    loss=-bound, iw_bound=bound, distortion=-jnp.mean(log_px), rate=jnp.mean(rate)
+                ),
+            )
+        if not uses_mmd:
+            return loss, metrics
+        mmd_key = jax.random.fold_in(noise_key, 1)
+        mmd = mmd_to_prior(params, x, batch.example_ids, mmd_key, collectives)
+        loss = loss + hparams["mmd_weight"] * mmd
+        return loss, metrics | {"loss": loss, "mmd": mmd}
 
     def eval_targets(batch):
         return evaluation_inputs(batch.images, batch.example_ids, config.likelihood)
