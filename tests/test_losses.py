@@ -180,8 +180,10 @@ def test_reparameterize_rejects_bad_arguments():
         losses.reparameterize(jax.random.key(0), jnp.zeros((2, 3)), jnp.ones((2, 3)), 0)
     with pytest.raises(ValueError, match="num_samples"):
         losses.reparameterize(jax.random.key(0), jnp.zeros((2, 3)), jnp.ones((2, 3)), 2.0)
-    with pytest.raises(ValueError, match=r"mean \(2, 3\), stddev \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"mean \(2, 3\), scale \(2, 4\)"):
         losses.reparameterize(jax.random.key(0), jnp.zeros((2, 3)), jnp.ones((2, 4)), 1)
+    with pytest.raises(ValueError, match=r"scale_tril must have shape \[..., K, K\]=\(2, 3, 3\)"):
+        losses.reparameterize(jax.random.key(0), jnp.zeros((2, 3)), jnp.ones((2, 3, 4)), 1)
 
 
 # ----------------------------------------------------------------------------------------- vib_loss
