@@ -244,7 +244,7 @@ def ablation_table(root: str) -> str:
         workdir = _finished(root, arm)
         if arm.study != "ablation" or workdir is None:
             continue
-        rows = runs.load(workdir).results
+        rows = runs.read_results(workdir)
         errors = posthoc_errors(workdir, _sample_counts(arm))
         cells = [_mean_sd(errors[f"S={s}"][0]) if f"S={s}" in errors else "" for s in EVAL_SAMPLES]
         epochs = int(rows[0]["epochs"])
@@ -270,7 +270,7 @@ def table1(root: str) -> str:
                 f"| {arm.description} | {PAPER_TABLE1.get(arm.name, '')} | not run | | | |"
             )
             continue
-        rows = runs.load(workdir).results
+        rows = runs.read_results(workdir)
         errors = posthoc_errors(workdir, _sample_counts(arm))
         twelve = errors.get("S=12", errors["S=1"])[0]  # a deterministic arm: S = 1 is every S
         many = _mean_sd(errors["S=1024"][0]) if "S=1024" in errors else ""
@@ -287,7 +287,7 @@ def k2_table(root: str) -> str:
     workdir = _finished(root, arm)
     if workdir is None:
         return "K = 2: not run yet.\n"
-    rows = runs.load(workdir).results
+    rows = runs.read_results(workdir)
     lines = [
         "| beta | paper, 12 samples (%) | ours (%) | paper, 1 sample (%) | ours (%) | seeds |",
         "|---|---|---|---|---|---|",

@@ -53,11 +53,7 @@ class Run:
     @property
     def results(self) -> list[dict[str, float]]:
         """`results.csv`: one row per member (numbers as floats); empty before the run finished."""
-        path = os.path.join(self.workdir, "results.csv")
-        if not os.path.exists(path):
-            return []
-        with open(path, newline="") as handle:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        return read_results(self.workdir)
 
     @property
     def records(self) -> list[dict]:
@@ -130,6 +126,16 @@ def _predictive(model, params, images, example_ids, key, num_samples: int):
         return jnp.mean(jax.nn.softmax(logits), axis=0)
 
     return jax.lax.map(member, params)
+
+
+def read_results(workdir: str) -> list[dict[str, float]]:
+    """A workdir's `results.csv`, one row per member (numbers as floats), without loading the run;
+    empty before the run finished."""
+    path = os.path.join(workdir, "results.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
 def _pandas():
