@@ -54,21 +54,30 @@ DUAL_BETA_HYPERPARAMETERS = {
 }
 
 
+def swept_above_zero(config, name: str) -> bool:
+    """Whether some member's value of hyperparameter `name` is > 0 (its default 0 turns a term
+    off): only then need a step compute that term (dropout masks, an MMD, the dual update)."""
+    return any(value > 0 for value in config.sweep.to_dict().get(name, ()))
+
+
 def uses_dual_beta(config) -> bool:
     """Whether any member's beta follows the dual update (a swept `beta_step_size` > 0)."""
-    return any(value > 0 for value in config.sweep.to_dict().get("beta_step_size", ()))
+    return swept_above_zero(config, "beta_step_size")
 
 
-def dual_beta_variables() -> dict[str, jax.Array]:
-    """The state `with_dual_beta` keeps: beta's offset from its initial value (the member's
-    `beta` hyperparameter), starting at 0."""
-    return {"beta_offset": jnp.zeros((), jnp.float32)}
+def dual_beta_variables(config) -> Any:
+    """The state `with_dual_beta` keeps, `()` when no member uses it: beta's offset from its
+    initial value (the member's `beta` hyperparameter), starting at 0."""
+    return {"beta_offset": jnp.zeros((), jnp.float32)} if uses_dual_beta(config) else ()
 
 
-def with_dual_beta(update: train.Update) -> train.Update:
-    """Makes beta a state variable: each step trains with beta_t = hparams beta + offset, then sets
+def with_dual_beta(update: train.Update, config) -> train.Update:
+    """Makes beta a state variable (`update` itself when no member uses the dual update): each step
+    trains with beta_t = hparams beta + offset, then sets
     beta_{t+1} = `losses.dual_beta_step(beta_t, rate, target_rate, beta_step_size)` from the step's
     batch-mean rate (averaged over devices by the update). The metrics gain `beta` (beta_t)."""
+    if not uses_dual_beta(config):
+        return update
 
     def dual_update(state, batch, key, hparams, collectives):
         beta = hparams["beta"] + state.variables["beta_offset"]

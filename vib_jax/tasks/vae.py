@@ -147,35 +147,32 @@ def build(config, data_info: DataInfo) -> Task:
         return losses.gaussian_log_prob(x, outputs, stddev)
 
     def log_weights(params, x, ids, key, num_samples, beta=1.0):
-        """`(log p(x|z) [S, B], log p(x|z) - beta * (log q(z|x) - log p(z)) [S, B], KL [B])`."""
+        """`(log p(x|z) [S, B], log p(x|z) - beta * (log q(z|x) - log p(z)) [S, B], KL [B],
+        z [S, B, K])`."""
         mean, stddev = model.apply(params, x, method=model.encode)
         z = train.sample_latents(key, ids, mean, stddev, num_samples)
         log_px = log_likelihood(params, z, x)
         log_ratio = losses.gaussian_log_prob(z, mean, stddev) - losses.standard_normal_log_prob(z)
-        return log_px, log_px - beta * log_ratio, losses.kl_divergence(mean, stddev)
-
-    dual = tasks.uses_dual_beta(config)
+        return log_px, log_px - beta * log_ratio, losses.kl_divergence(mean, stddev), z
 
     def init(key):
         params = model.init(key, jnp.zeros((1, data_info.input_dim), jnp.float32))
-        return train.init_state(params, optimizer, tasks.dual_beta_variables() if dual else ())
+        return train.init_state(params, optimizer, tasks.dual_beta_variables(config))
 
-    uses_mmd = any(value > 0 for value in config.sweep.to_dict().get("mmd_weight", ()))
+    uses_mmd = tasks.swept_above_zero(config, "mmd_weight")
 
-    def mmd_to_prior(params, x, ids, key, collectives):
-        """MMD^2 between the global batch's posterior samples (one per example, gathered over the
-        devices) and as many prior samples (drawn from the step's key, alike on every device)."""
-        sample_key, prior_key = jax.random.split(key)
-        mean, stddev = model.apply(params, x, method=model.encode)
-        z = collectives.gather(train.sample_latents(sample_key, ids, mean, stddev, 1)[0])
-        prior = jax.random.normal(prior_key, z.shape)
-        return losses.mmd_squared(z, prior, config.mmd_kernel)
+    def mmd_to_prior(z, key, collectives):
+        """MMD^2 between the global batch's posterior samples `z` `[B_local, K]` (one per example,
+        gathered over the devices) and as many prior samples (from `key`, alike on every
+        device)."""
+        z = collectives.gather(z)
+        return losses.mmd_squared(z, jax.random.normal(key, z.shape), config.mmd_kernel)
 
     def loss_fn(params, batch, key, hparams, collectives):
         binarize_key, noise_key = jax.random.split(key)
         x = model_inputs(batch.images, batch.example_ids, binarize_key, config.likelihood)
         beta = hparams["beta"]
-        log_px, weights, rate = log_weights(
+        log_px, weights, rate, z = log_weights(
             params, x, batch.example_ids, noise_key, config.train_samples, beta
         )
         if config.objective == "elbo":
@@ -190,8 +187,8 @@ def build(config, data_info: DataInfo) -> Task:
             )
         if not uses_mmd:
             return loss, metrics
-        mmd_key = jax.random.fold_in(noise_key, 1)
-        mmd = mmd_to_prior(params, x, batch.example_ids, mmd_key, collectives)
+        # The first training sample of each example stands for the aggregate posterior q(z).
+        mmd = mmd_to_prior(z[0], jax.random.fold_in(noise_key, 1), collectives)
         loss = loss + hparams["mmd_weight"] * mmd
         return loss, metrics | {"loss": loss, "mmd": mmd}
 
@@ -202,7 +199,9 @@ def build(config, data_info: DataInfo) -> Task:
         del hparams
         x = eval_targets(batch)
         sample_key, _ = jax.random.split(key)  # the second key is the NLL's
-        log_px, _, rate = log_weights(params, x, batch.example_ids, sample_key, config.eval_samples)
+        log_px, _, rate, _ = log_weights(
+            params, x, batch.example_ids, sample_key, config.eval_samples
+        )
         distortion = -jnp.mean(log_px, axis=0)
         return {"distortion": distortion, "rate": rate, "elbo": -(distortion + rate)}
 
@@ -211,7 +210,7 @@ def build(config, data_info: DataInfo) -> Task:
 
         def chunk_log_sum(chunk):
             chunk_key = jax.random.fold_in(key, chunk)
-            _, weights, _ = log_weights(params, x, ids, chunk_key, config.nll_chunk_size)
+            _, weights, _, _ = log_weights(params, x, ids, chunk_key, config.nll_chunk_size)
             return jax.scipy.special.logsumexp(weights, axis=0)
 
         def add_chunk(log_sum, chunk):
@@ -229,10 +228,9 @@ def build(config, data_info: DataInfo) -> Task:
         nll = negative_log_likelihood(params, eval_targets(batch), batch.example_ids, nll_key)
         return metrics | {"nll": nll}
 
-    update = train.gradient_update(loss_fn, optimizer)
     return Task(
         init=init,
-        update=tasks.with_dual_beta(update) if dual else update,
+        update=tasks.with_dual_beta(train.gradient_update(loss_fn, optimizer), config),
         evaluate=evaluate,
         summarize=summarize,
         result_columns=RESULT_COLUMNS,

@@ -139,26 +139,19 @@ def monte_carlo_rate(model, params, mean, scale, z) -> jax.Array:
     return losses.monte_carlo_rate(z, mean, scale, marginal)
 
 
-def uses_dropout(config) -> bool:
-    """Whether any member drops units: only then does the step draw dropout masks."""
-    return any(value > 0 for value in config.sweep.to_dict().get("dropout", ()))
-
-
 def build(config, data: DataInfo) -> Task:
     """The VIB classifier's task functions for this config."""
     model = model_from_config(config, data.num_classes)
     optimizer = train.make_optimizer(config, data.steps_per_epoch)
     train_samples = config.train_samples if model.stochastic else 1
     monte_carlo = model.stochastic and config.rate_estimator == "monte_carlo"
-    dropout = uses_dropout(config)
-
-    dual = tasks.uses_dual_beta(config)
+    dropout = tasks.swept_above_zero(config, "dropout")  # else no masks are drawn
 
     def init(key):
         params_key, dummy_noise_key = jax.random.split(key)
         dummy_images = jnp.zeros((1, data.input_dim), jnp.float32)
         params = model.init(params_key, dummy_images, dummy_noise_key)
-        return train.init_state(params, optimizer, tasks.dual_beta_variables() if dual else ())
+        return train.init_state(params, optimizer, tasks.dual_beta_variables(config))
 
     def loss_fn(params, batch, key, hparams, collectives):
         del collectives  # every term is a per-example mean
@@ -196,10 +189,9 @@ def build(config, data: DataInfo) -> Task:
             "rate": rate(model, params, mean, scale, z),
         }
 
-    update = train.gradient_update(loss_fn, optimizer)
     return Task(
         init=init,
-        update=tasks.with_dual_beta(update) if dual else update,
+        update=tasks.with_dual_beta(train.gradient_update(loss_fn, optimizer), config),
         evaluate=evaluate,
         summarize=summarize,
         result_columns=RESULT_COLUMNS,
