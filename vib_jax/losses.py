@@ -551,3 +551,94 @@ def importance_weighted_bound(log_weights: jax.Array) -> jax.Array:
     if jnp.ndim(log_weights) != 2:
         raise ValueError(f"log_weights must have shape [K, B], got {jnp.shape(log_weights)}.")
     return log_mean_exp(log_weights, axis=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Adversarial objectives and the InfoGAN bound (Goodfellow et al. 2014; Chen et al. 2016).
+
+
+def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+    """The GAN discriminator's loss `-log D(x) - log(1 - D(G(z)))` per pair, in nats, from logits
+    `[B]` of D on data and on generated images (D = sigmoid(logit)); `[B]`."""
+    return jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits)
+
+
+def generator_loss(fake_logits: jax.Array) -> jax.Array:
+    """The non-saturating generator loss `-log D(G(z))` (Goodfellow et al. 2014, Sec. 3), in nats,
+    from D's logits `[B]` on generated images; `[B]`."""
+    return jax.nn.softplus(-fake_logits)
+
+
+def categorical_information_bound(code_logits: jax.Array, codes: jax.Array) -> jax.Array:
+    """InfoGAN's L_I for a uniform categorical code c in {0..C-1}: `log Q(c | x) + log C`, in nats.
+
+    Its mean over c ~ Uniform and x = G(z, c) is a lower bound on I(c; G(z, c)), at most
+    H(c) = log C, reached when Q reads every code back with certainty.
+
+    Args:
+      code_logits: `[..., C]` logits of Q(c | x).
+      codes: int codes broadcastable to `code_logits.shape[:-1]`.
+
+    Returns:
+      `code_logits.shape[:-1]` values.
+    """
+    num_codes = jnp.shape(code_logits)[-1]
+    return math.log(num_codes) - categorical_cross_entropy(code_logits, codes)
+
+
+def uniform_code_information_bound(
+    means: jax.Array, codes: jax.Array, stddev: float = 1.0
+) -> jax.Array:
+    """InfoGAN's L_I for continuous codes c ~ Uniform[-1, 1]^K read back by a factored Gaussian
+    Q(c | x) = N(means, stddev^2 I) with a fixed stddev (the official code's `fix_std`):
+    `log Q(c | x) + K log 2` in nats (log 2 per dimension is H(c)).
+
+    Args:
+      means: `[..., K]` Q's means.
+      codes: `[..., K]` the codes.
+      stddev: Q's stddev, > 0.
+
+    Returns:
+      `means.shape[:-1]` values.
+    """
+    _check_same_shape(means=means, codes=codes)
+    log_q = gaussian_log_prob(codes, means, jnp.full(jnp.shape(means), stddev, jnp.float32))
+    return log_q + jnp.shape(means)[-1] * LN2
+
+
+# The largest smaller side `best_matching_mass` accepts: its table has 2^side entries.
+MAX_MATCHING_SIDE = 16
+
+
+def best_matching_mass(joint: jax.Array) -> jax.Array:
+    """The largest total mass of a one-to-one matching of the rows to the columns of `joint`
+    `[R, C]` (non-negative, e.g. the joint distribution of a model's clusters and the labels): the
+    accuracy of the clusters as a classifier after the best assignment of labels to them (the
+    InfoGAN paper's measure of its categorical code). Each row and column is used at most once.
+
+    Exact, by dynamic programming over the subsets of the smaller side (2^min(R, C) entries, at
+    most `2^MAX_MATCHING_SIDE`), scanned over the larger side: jit- and vmap-friendly, unlike
+    the Hungarian algorithm of `scipy.optimize.linear_sum_assignment`, which it equals.
+    """
+    if jnp.ndim(joint) != 2:
+        raise ValueError(f"joint must have shape [R, C], got {jnp.shape(joint)}.")
+    if joint.shape[0] < joint.shape[1]:
+        joint = joint.T  # rows: the larger side, scanned; columns: the subsets
+    side = joint.shape[1]
+    if side > MAX_MATCHING_SIDE:
+        raise ValueError(
+            f"joint's smaller side must be <= {MAX_MATCHING_SIDE}, got shape {joint.shape}."
+        )
+    subsets = jnp.arange(2**side)
+    singletons = 1 << jnp.arange(side)
+    contains = (subsets[:, None] & singletons) != 0  # [2^side, side]
+    without = subsets[:, None] ^ singletons
+
+    def add_row(best, row):
+        """best[s]: the largest mass matching the rows so far to exactly the columns in s."""
+        taken = jnp.where(contains, best[without] + row, -jnp.inf)
+        return jnp.maximum(best, jnp.max(taken, axis=1)), None
+
+    start = jnp.where(subsets == 0, 0.0, -jnp.inf).astype(joint.dtype)
+    best, _ = jax.lax.scan(add_row, start, joint)
+    return jnp.max(best)

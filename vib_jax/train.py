@@ -92,19 +92,28 @@ def iwae_schedule(
     return optax.piecewise_constant_schedule(learning_rate, boundaries)
 
 
-def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-    """The learning-rate schedule `config.lr_schedule` names (one of `LR_SCHEDULES`)."""
+def make_schedule(
+    config, steps_per_epoch: int, learning_rate: float | None = None
+) -> optax.Schedule:
+    """The learning-rate schedule `config.lr_schedule` names (one of `LR_SCHEDULES`), starting at
+    `learning_rate` (default: `config.learning_rate`)."""
+    initial = config.learning_rate if learning_rate is None else learning_rate
     if config.lr_schedule == "iwae":
-        return iwae_schedule(config.learning_rate, steps_per_epoch)
+        return iwae_schedule(initial, steps_per_epoch)
     return learning_rate_schedule(
-        config.learning_rate, config.lr_decay_rate, config.lr_decay_epochs, steps_per_epoch
+        initial, config.lr_decay_rate, config.lr_decay_epochs, steps_per_epoch
     )
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam with the config's schedule, b1, b2 and eps (the VIB paper: lr 1e-4, b1 = 0.5,
-    b2 = 0.999)."""
-    schedule = make_schedule(config, steps_per_epoch)
+def make_optimizer(
+    config, steps_per_epoch: int, learning_rate: float | None = None
+) -> optax.GradientTransformation:
+    """`config.optimizer` with the config's schedule: Adam with its b1, b2 and eps (the VIB paper:
+    lr 1e-4, b1 = 0.5, b2 = 0.999), or plain SGD. `learning_rate` overrides the config's initial
+    rate (e.g. for a second network)."""
+    schedule = make_schedule(config, steps_per_epoch, learning_rate)
+    if config.optimizer == "sgd":
+        return optax.sgd(schedule)
     return optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
 
@@ -342,16 +351,18 @@ def make_evaluate(
 ) -> Callable:
     """Builds `evaluate(params, chunks: EvalChunks, key, hparams) -> metrics` for one split.
 
-    `per_example(params, batch, key, hparams)` returns metrics of shape `[B]`; their means over the
-    split's real examples (padding weighs 0) go through `summarize(means, chunks)`, which may add
-    derived metrics (e.g. bounds in bits). Chunks run one after another (`jax.lax.map`); with the
-    chunks split over devices, the sums are added over them.
+    `per_example(params, batch, key, hparams)` returns metrics of shape `[B, ...]` (e.g. `[B]`, or
+    one-hot rows `[B, C]` whose mean is a distribution); their means over the split's real
+    examples (padding weighs 0), of shape `[...]`, go through `summarize(means, chunks)`, which
+    may add derived metrics (e.g. bounds in bits) and must return scalars only. Chunks run one
+    after another (`jax.lax.map`); with the chunks split over devices, the sums are added over
+    them.
     """
 
     def chunk_sums(params, chunk, key, hparams):
         images, labels, example_ids, weights = chunk
         values = per_example(params, Batch(images, labels, example_ids), key, hparams)
-        sums = {name: jnp.sum(weights * value) for name, value in values.items()}
+        sums = {name: jnp.tensordot(weights, value, axes=1) for name, value in values.items()}
         return sums | {"count": jnp.sum(weights)}
 
     def evaluate(params, chunks: EvalChunks, key, hparams):

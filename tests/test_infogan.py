@@ -1,0 +1,239 @@
+"""Tests of the InfoGAN: its bounds and losses against closed forms, the code-to-label matching
+against scipy, the layers against JAX's own, the task's checks, and (slow) a few hundred steps on
+real MNIST."""
+
+import math
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from experiments.configs import infogan as infogan_config
+from vib_jax import losses, models, sweep, tasks, train
+from vib_jax.tasks import infogan
+
+
+def test_a_q_head_that_reads_the_code_back_has_l_i_equal_to_h_c():
+    codes = jnp.arange(10) % 10
+    certain = 50.0 * jax.nn.one_hot(codes, 10)
+    bound = losses.categorical_information_bound(certain, codes)
+    np.testing.assert_allclose(bound / losses.LN2, math.log2(10), atol=1e-6)
+    # A Q head that knows nothing (uniform) has L_I = 0; a wrong certain one is far below 0.
+    np.testing.assert_allclose(
+        losses.categorical_information_bound(jnp.zeros((4, 10)), codes[:4]), 0
+    )
+    assert np.all(losses.categorical_information_bound(certain, (codes + 1) % 10) < -40)
+
+
+def test_continuous_bound_is_the_gaussian_log_density_plus_the_uniform_entropy():
+    rng = np.random.default_rng(0)
+    means, codes = rng.normal(size=(5, 2)), rng.uniform(-1, 1, (5, 2))
+    expected = scipy.stats.norm.logpdf(codes, means, 1.0).sum(-1) + 2 * math.log(2)
+    np.testing.assert_allclose(
+        losses.uniform_code_information_bound(jnp.asarray(means), jnp.asarray(codes)),
+        expected,
+        rtol=1e-5,
+    )
+
+
+def test_gan_losses_are_the_cross_entropies_of_d():
+    real, fake = jnp.array([2.0, -1.0]), jnp.array([0.5, -3.0])
+    d = lambda logits: 1 / (1 + np.exp(-np.asarray(logits)))
+    np.testing.assert_allclose(
+        losses.discriminator_loss(real, fake), -np.log(d(real)) - np.log(1 - d(fake)), rtol=1e-5
+    )
+    np.testing.assert_allclose(losses.generator_loss(fake), -np.log(d(fake)), rtol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 7), st.integers(1, 7)),
+        elements=st.floats(0, 1, width=32),
+    )
+)
+def test_best_matching_mass_equals_the_hungarian_algorithm(joint):
+    rows, columns = scipy.optimize.linear_sum_assignment(joint, maximize=True)
+    expected = joint[rows, columns].sum()
+    np.testing.assert_allclose(losses.best_matching_mass(jnp.asarray(joint)), expected, rtol=1e-5)
+
+
+def test_a_permuted_clustering_is_perfectly_matched():
+    permutation = np.random.default_rng(1).permutation(10)
+    joint = np.eye(10)[permutation] / 10
+    np.testing.assert_allclose(losses.best_matching_mass(jnp.asarray(joint)), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="joint's smaller side"):
+        losses.best_matching_mass(jnp.ones((17, 17)))
+
+
+def test_transposed_conv_2x_is_a_4x4_stride_2_transposed_convolution():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 5, 6, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(4, 4, 3, 7)), jnp.float32)
+    expected = jax.lax.conv_transpose(x, kernel, (2, 2), [(1, 3), (1, 3)])
+    # Output row 2i + a takes input rows i (kernel row 1 - a) and i + 1 (kernel row 3 - a):
+    # taps[d, a] is the kernel row for window row d and phase a; the sub-pixel kernel is
+    # [2, 2, C, (a_row, a_column, F)].
+    taps = np.array([[1, 0], [3, 2]])
+    sub_pixel = kernel[taps[:, None, :, None], taps[None, :, None, :]]  # [2, 2, 2, 2, C, F]
+    sub_pixel = sub_pixel.transpose(0, 1, 4, 2, 3, 5).reshape(2, 2, 3, 4 * 7)
+    layer = models.TransposedConv2x(7, use_bias=False)
+    params = {"params": {"Conv_0": {"kernel": sub_pixel}}}
+    np.testing.assert_allclose(layer.apply(params, x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("strides,padding", [((2, 2), "SAME"), ((1, 1), ((0, 1), (0, 1)))])
+def test_matmul_kernel_gradient_equals_jax_gradient(strides, padding):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 8, 8, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(4, 4, 4, 5)), jnp.float32)
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def loss(conv, x, kernel):
+        return jnp.sum(jnp.sin(conv(x, kernel, strides, padding, dimension_numbers=numbers)))
+
+    ours = jax.grad(loss, (1, 2))(models.conv_with_matmul_kernel_gradient, x, kernel)
+    theirs = jax.grad(loss, (1, 2))(jax.lax.conv_general_dilated, x, kernel)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="no dilation"):
+        models.conv_with_matmul_kernel_gradient(x, kernel, strides, padding, rhs_dilation=(2, 2))
+
+
+def small_config():
+    config = infogan_config.get_config()
+    config.channels, config.hidden_dim, config.q_hidden_dim = (4, 8), 16, 8
+    config.noise_dim, config.batch_size = 6, 8
+    return config
+
+
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("categorical_dim", 0, "categorical_dim must be an integer >= 1"),
+        ("continuous_dim", -1, "continuous_dim must be an integer >= 0"),
+        ("noise_dim", 0, "noise_dim must be an integer >= 1"),
+        ("channels", (4,), "channels must be two widths"),
+        ("generator_learning_rate", 0.0, "generator_learning_rate must be > 0"),
+    ],
+)
+def test_bad_infogan_config_is_named(name, value, message):
+    config = small_config()
+    config[name] = value
+    with pytest.raises(ValueError, match=message):
+        sweep.validate_config(config)
+
+
+def test_info_weights_are_checked():
+    config = small_config()
+    config.sweep.info_weight = (-1.0,)
+    with pytest.raises(ValueError, match="sweep.info_weight values must be finite and >= 0"):
+        sweep.validate_config(config)
+
+
+def test_latents_of_an_example_do_not_depend_on_its_batch():
+    key = jax.random.key(3)
+    whole = infogan.sample_latents(key, jnp.arange(6), 5, 10, 2)
+    part = infogan.sample_latents(key, jnp.arange(3, 6), 5, 10, 2)
+    for a, b in zip(whole, part):
+        np.testing.assert_array_equal(a[3:], b)
+    assert np.all(np.abs(whole.noise) <= 1) and set(np.asarray(whole.codes)) <= set(range(10))
+
+
+@pytest.mark.slow
+def test_a_few_hundred_steps_on_mnist_move_the_code_error_well_below_chance(tmp_path):
+    from vib_jax import data
+
+    config = infogan_config.get_config()
+    config.train_subset, config.test_subset = 30_000, 2000
+    config.num_epochs, config.eval_chunk_size, config.progress = 1, 500, False
+    data.check_prepared(config.dataset)
+    rows = sweep.train_and_evaluate(config, str(tmp_path))
+    # Chance is 90% error; a broken L_I or matching stays near it.
+    assert rows[0]["test_code_error"] < 60, rows
+    assert rows[0]["test_info_categorical_bits"] > 2.0, rows
+
+
+def test_each_player_follows_the_gradient_of_its_own_loss_alone():
+    """With SGD at lr 1, each player's step is minus the gradient of its own loss, the other
+    player's params held fixed: D and Q by -log D(x) - log(1 - D(G)) - L_I, G by -log D(G) - L_I
+    (lambda = 0.5 and 2 here). Every weight moves; the evaluation reduces to scalars."""
+    config = small_config()
+    config.optimizer, config.learning_rate, config.generator_learning_rate = "sgd", 1.0, 1.0
+    task = infogan.build(config, tasks.DataInfo(64, 784, 10, math.log(10), 8))
+    state = jax.jit(task.init)(jax.random.key(0))
+    images = jnp.tanh(jax.random.normal(jax.random.key(1), (8, 784)))
+    batch = train.Batch(images, jnp.arange(8) % 10, jnp.arange(8))
+    hparams = {"info_weight": 0.5, "continuous_info_weight": 2.0}
+    key = jax.random.key(2)
+    new, metrics = jax.jit(lambda *args: task.update(*args, train.Collectives()))(
+        state, batch, key, hparams
+    )
+
+    model, variables = task.model, state.params
+    latents = infogan.sample_latents(key, batch.example_ids, 6, 10, 2)
+    inputs = infogan.generator_inputs(latents, 10)
+
+    def run(params, x, method):
+        out, _ = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            True,
+            method=method,
+            mutable=["batch_stats"],
+        )
+        return out
+
+    def information(outputs):
+        categorical, continuous = infogan.information_bounds(outputs, latents)
+        return jnp.mean(0.5 * categorical + 2.0 * continuous)
+
+    def d_loss(d_params, fake):
+        params = variables["params"] | {"discriminator": d_params}
+        real_out = run(params, images, model.discriminate)
+        fake_out = run(params, fake, model.discriminate)
+        gan = jnp.mean(losses.discriminator_loss(real_out.logits, fake_out.logits))
+        return gan - information(fake_out)
+
+    def g_loss(g_params):
+        params = variables["params"] | {"generator": g_params}
+        fake_out = run(params, run(params, inputs, model.generate), model.discriminate)
+        return jnp.mean(losses.generator_loss(fake_out.logits)) - information(fake_out)
+
+    @jax.jit
+    def expected_gradients(params):
+        fake = run(params, inputs, model.generate)
+        return {
+            "discriminator": jax.grad(d_loss)(params["discriminator"], fake),
+            "generator": jax.grad(g_loss)(params["generator"]),
+        }
+
+    for player, gradient in expected_gradients(variables["params"]).items():
+        steps = jax.tree_util.tree_map(
+            lambda old, new: old - new, variables["params"][player], new.params["params"][player]
+        )
+        for step, grad in zip(
+            jax.tree_util.tree_leaves(steps), jax.tree_util.tree_leaves(gradient)
+        ):
+            np.testing.assert_allclose(step, grad, rtol=1e-4, atol=1e-6)
+            assert np.any(step != 0)
+    # The batch-norm averages are set by the forward passes, not by the optimizers.
+    moved = jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], new.params["batch_stats"]
+    )
+    assert all(jax.tree_util.tree_leaves(moved))
+    assert 0 < metrics["real_probability"] < 1 and metrics["info_categorical"] <= math.log(10)
+
+    evaluation = jax.jit(train.make_evaluate(task.evaluate, task.summarize, train.Collectives()))
+    chunks = train.chunk_split(images, batch.labels, 4, 10)
+    result = evaluation(new.ema_params, chunks, jax.random.key(4), hparams)
+    assert set(result) >= {"code_error", "info_categorical_bits", "real_probability"}
+    assert all(np.ndim(value) == 0 for value in result.values())
+    assert 0 <= result["code_error"] <= 1 - 1 / 10 + 1e-6  # never worse than one matched code
