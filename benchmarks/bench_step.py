@@ -1,6 +1,6 @@
 r"""Speed of training steps against their matrix-product roofline: the VIB classifier (one model, an
-8-beta sweep the platform's way and all vmapped, 12 samples, 5 seeds) and the VAE (one model, 5
-seeds).
+8-beta sweep the platform's way and all vmapped, 12 samples, 5 seeds), the VAE and the InfoGAN (one
+model, 5 seeds each).
 
   python -m benchmarks.bench_step            # 5 repeats of a 100-step epoch per case
   python -m benchmarks.bench_step --quick    # smoke run: 2 repeats of a 5-step epoch
@@ -10,8 +10,9 @@ seeds).
 Every case trains through the library's own path, the driver's `vib_jax.sweep.build_setup` (task,
 members, states, the compiled epoch over a mesh of `--num_devices` devices), with the config of
 `experiments/configs/default.py` (the paper's VIB: encoder 784-1024-1024-2K with K=256, batch 100,
-Adam) or `experiments/configs/vae.py` (Burda et al.'s VAE), on random data of MNIST's shape (no
-dataset needed). An epoch of `--steps_per_epoch` steps is compiled and run once to warm up, then
+Adam), `experiments/configs/vae.py` (Burda et al.'s VAE) or `experiments/configs/infogan.py` (Chen
+et al.'s MNIST InfoGAN), on random data of MNIST's shape (no dataset needed). An epoch of
+`--steps_per_epoch` steps is compiled and run once to warm up, then
 timed `--repeats` times, alternating with the roofline's epoch (below); the reported step time is
 the median epoch time over the steps per epoch.
 
@@ -40,7 +41,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from benchmarks import step_cost
-from experiments.configs import default, vae
+from experiments.configs import default, infogan, vae
 from vib_jax import data, parallel, sweep
 
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 100, "Training steps per timed epoch.")
@@ -72,9 +73,11 @@ class Case:
 
     def config(self):
         config = self.get_config()
-        config.sweep.beta = tuple(float(b) for b in 1e-3 * 0.1 ** np.arange(self.num_betas))
+        if "beta" in config.sweep:  # the InfoGAN has no beta and no posterior samples
+            config.sweep.beta = tuple(float(b) for b in 1e-3 * 0.1 ** np.arange(self.num_betas))
+            config.train_samples = self.train_samples
         config.seeds = tuple(range(self.num_seeds))
-        config.train_samples, config.members_at_once = self.train_samples, self.members_at_once
+        config.members_at_once = self.members_at_once
         return config
 
     def matmuls(self, batch_size: int) -> tuple[step_cost.Matmul, ...]:
@@ -82,6 +85,8 @@ class Case:
         config = self.config()
         if config.task == "vae":
             return step_cost.vae_step_matmuls(config, batch_size, data.NUM_PIXELS)
+        if config.task == "infogan":
+            return step_cost.infogan_step_matmuls(config, batch_size)
         # Members of one seed see the same batches; other seeds shuffle their own.
         shared = self.num_seeds == 1
         return step_cost.vib_step_matmuls(
@@ -97,6 +102,8 @@ CASES = (
     Case("(e) 5-seed sweep", default.get_config, num_seeds=5),
     Case("(f) VAE, one model", vae.get_config),
     Case("(g) VAE, 5-seed sweep", vae.get_config, num_seeds=5),
+    Case("(h) InfoGAN, one model", infogan.get_config),
+    Case("(i) InfoGAN, 5-seed sweep", infogan.get_config, num_seeds=5),
 )
 
 

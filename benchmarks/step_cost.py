@@ -11,7 +11,7 @@ D = 784, H = 1024, K = 256, C = 10), multiplied by the number of members for a s
 
 The VAE (Burda et al.'s 784-200-200-(2x50) encoder and 50-200-200-784 decoder) is counted alike, its
 decoder's first layer with an input gradient (the encoder is trained through it): 0.22 GFLOP for
-B = 100, S = 1.
+B = 100, S = 1. The InfoGAN's convolutions count as their im2col products (`infogan_step_matmuls`).
 """
 
 from __future__ import annotations
@@ -82,6 +82,62 @@ def vae_step_matmuls(config, batch_size: int, input_dim: int) -> tuple[Matmul, .
         dense_matmuls(batch_size, encoder, input_gradient=False)
         + dense_matmuls(config.train_samples * batch_size, decoder, input_gradient=True)
     )
+
+
+def layer_matmuls(
+    rows: int, fan_in: int, fan_out: int, weight_gradient: bool, input_gradient: bool
+) -> list[Matmul]:
+    """One layer `[rows, fan_in] @ [fan_in, fan_out]`'s forward product, and its weight gradient
+    `x^T @ dy` and input gradient `dy @ w^T` where asked for. A convolution counts as its im2col
+    product: rows = B x output pixels, fan_in = kernel pixels x input channels."""
+    products = [Matmul(rows, fan_in, fan_out)]
+    if weight_gradient:
+        products.append(Matmul(fan_in, rows, fan_out))
+    if input_gradient:
+        products.append(Matmul(rows, fan_out, fan_in))
+    return products
+
+
+def infogan_layers(config, batch_size: int, image_side: int = 28):
+    """The generator's and the discriminator's (with Q's) layers as `(rows, fan_in, fan_out)`
+    products of their forward pass on `batch_size` images, convolutions in im2col form (the
+    generator's transposed convolutions in their sub-pixel form, `models.TransposedConv2x`)."""
+    b, side, hidden = batch_size, image_side // 4, config.hidden_dim
+    narrow, wide = config.channels  # D's; G mirrors them
+    latents = config.noise_dim + config.categorical_dim + config.continuous_dim
+    generator = [  # (rows, fan_in, fan_out); transposed convolutions in their sub-pixel form
+        (b, latents, hidden),
+        (b, hidden, side * side * wide),
+        (b * side * side, 4 * wide, 4 * narrow),
+        (b * 4 * side * side, 4 * narrow, 4),
+    ]
+    discriminator = [
+        (b * 4 * side * side, 16, narrow),
+        (b * side * side, 16 * narrow, wide),
+        (b, side * side * wide, hidden),
+        (b, hidden, 1),
+        (b, hidden, config.q_hidden_dim),
+        (b, config.q_hidden_dim, config.categorical_dim + config.continuous_dim),
+    ]
+    return generator, discriminator
+
+
+def infogan_step_matmuls(config, batch_size: int) -> tuple[Matmul, ...]:
+    """One step of the InfoGAN of `config` (`vib_jax.tasks.infogan`): the generator forward and
+    backward; the discriminator on the data (its weight gradients and the inner input gradients)
+    and on the generated batch, whose forward pass serves both players (stop_gradient is the
+    identity there, and XLA computes it once) and is back-propagated twice: for D's weights, and
+    through D to G's images."""
+    generator, discriminator = infogan_layers(config, batch_size)
+    products = []
+    for index, layer in enumerate(generator):
+        products += layer_matmuls(*layer, weight_gradient=True, input_gradient=index > 0)
+    for index, layer in enumerate(discriminator):
+        first = index == 0
+        products += layer_matmuls(*layer, weight_gradient=True, input_gradient=not first)  # data
+        products += layer_matmuls(*layer, weight_gradient=True, input_gradient=not first)
+        products.append(Matmul(layer[0], layer[2], layer[1]))  # the generator's backward
+    return tuple(products)
 
 
 def flops(matmuls: Sequence[Matmul]) -> int:

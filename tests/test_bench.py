@@ -47,3 +47,35 @@ def test_interleaved_medians_alternate_the_programs_and_take_medians():
         ("roofline", 2),
     ]
     assert len(medians) == 2 and all(seconds >= 0 for seconds in medians)
+
+
+def test_infogan_layers_are_the_flops_xla_counts_in_its_forward_passes():
+    """The im2col products of the InfoGAN's layers against XLA's own count of the generator's and
+    the discriminator's forward passes. XLA leaves out the kernel taps that fall on the zero
+    padding, which im2col multiplies: up to 1 - (13/14)^2 = 14% of a 2x2 convolution padded on one
+    side of a 7 x 7 map, so the count is between XLA's and XLA's / 0.85 (elementwise work: < 1%)."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.configs import infogan
+    from vib_jax import models
+
+    config = infogan.get_config()
+    config.hidden_dim, config.channels, config.q_hidden_dim = 96, (16, 32), 24
+    model = models.InfoGAN(hidden_dim=96, channels=(16, 32), q_hidden_dim=24)
+    latents = jnp.zeros((8, 74))
+    variables = jax.eval_shape(model.init, jax.random.key(0), latents)
+
+    def xla_flops(method, inputs):
+        apply = lambda v, x: model.apply(v, x, False, method=method)
+        return jax.jit(apply).lower(variables, inputs).cost_analysis()["flops"]
+
+    generator, discriminator = step_cost.infogan_layers(config, 8)
+    count = lambda layers: sum(2 * r * k * n for r, k, n in layers)
+    images = jnp.zeros((8, 784))
+    for layers, method, inputs in (
+        (generator, model.generate, latents),
+        (discriminator, model.discriminate, images),
+    ):
+        xla = xla_flops(method, inputs)
+        assert 0.99 * xla <= count(layers) <= xla / 0.85, (count(layers), xla)
