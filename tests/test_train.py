@@ -378,3 +378,32 @@ def test_a_member_at_dropout_zero_trains_as_without_dropout(toy_data):
         train.Collectives(),
     )
     assert float(dropped["loss"]) != float(plain_metrics["loss"])
+
+
+def test_evaluate_averages_per_example_rows_of_any_shape_over_real_examples():
+    """A per-example metric `[B, C]` (one-hot rows) averages to a `[C]` distribution; padding
+    weighs nothing."""
+    labels = jnp.array([0, 2, 2, 1, 2], jnp.int32)
+    chunks = train.chunk_split(jnp.zeros((5, 3)), labels, chunk_size=2, num_classes=3)
+    per_example = lambda params, batch, key, hparams: {
+        "one_hot": jax.nn.one_hot(batch.labels, 3) + 1.0  # padding rows are one_hot(0) + 1 too
+    }
+    summarize = lambda means, chunks: {f"class_{c}": means["one_hot"][c] for c in range(3)}
+    evaluate = train.make_evaluate(per_example, summarize, train.Collectives())
+    metrics = jax.jit(evaluate)(None, chunks, jax.random.key(0), {})
+    np.testing.assert_allclose([metrics[f"class_{c}"] for c in range(3)], [1.2, 1.2, 1.6])
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_make_optimizer_is_the_configured_optimizer(name):
+    config = toy_config(optimizer=name, learning_rate=0.5)
+    params, grads = jnp.array([1.0, -2.0]), jnp.array([0.2, -4.0])
+    optimizer = train.make_optimizer(config, steps_per_epoch=10)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    # SGD steps by lr * gradient; Adam's first step is lr * sign(gradient) (its debiased moments).
+    expected = 0.5 * grads if name == "sgd" else 0.5 * jnp.sign(grads)
+    np.testing.assert_allclose(updates, -expected, rtol=1e-5)
+    generator = train.make_optimizer(config, 10, learning_rate=0.1)
+    np.testing.assert_allclose(
+        generator.update(grads, generator.init(params), params)[0], -expected / 5, rtol=1e-5
+    )
