@@ -102,6 +102,7 @@ def test_chunked_nll_is_the_log_mean_exp_of_every_chunks_weights():
         ("likelihood", "poisson", "likelihood must be one of"),
         ("objective", "vimco", "objective must be one of"),
         ("activation", "gelu", "activation must be one of"),
+        ("marginal", "flow", "marginal must be one of"),
     ],
 )
 def test_bad_config_entries_are_named(name, value, message):
@@ -176,3 +177,61 @@ def test_the_gaussian_likelihood_trains_with_a_bounded_density():
     model = vae.model_from_config(config, 784)
     stddev = model.apply(state.params, method=model.pixel_stddev)
     assert stddev.shape == (784,) and float(stddev.min()) >= models.MIN_PIXEL_STDDEV
+
+
+def test_bad_learned_marginal_sizes_are_named():
+    with pytest.raises(ValueError, match="marginal_components must be an integer >= 1"):
+        vae.validate_config(small_config(marginal="vamp", marginal_components=0))
+
+
+def test_the_vamp_prior_is_the_mixture_of_the_pseudo_inputs_posteriors():
+    import scipy.special
+    import scipy.stats
+
+    model = vae.model_from_config(small_config(marginal="vamp", marginal_components=4), 784)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 784)))
+    logits = params["params"]["pseudo_input_logits"]
+    assert logits.shape == (4, 784)
+    pseudo_inputs = jax.nn.sigmoid(logits)
+    means, stddevs = model.apply(params, pseudo_inputs, method=model.encode)
+    z = np.asarray(jax.random.normal(jax.random.key(1), (6, 3)))
+    per_component = scipy.stats.norm.logpdf(
+        z[:, None, :], np.asarray(means), np.asarray(stddevs)
+    ).sum(-1)
+    expected = scipy.special.logsumexp(per_component, axis=1) - math.log(4)
+    log_r = model.apply(params, jnp.asarray(z), method=model.marginal_log_prob)
+    np.testing.assert_allclose(log_r, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("marginal", ["mixture", "vamp"])
+def test_a_learned_marginal_trains_and_its_rate_is_monte_carlo(marginal):
+    """One step moves the marginal's params; the evaluation's rate is the mean of
+    log q(z|x) - log r(z) over the samples, here checked against a direct computation."""
+    images = jax.random.uniform(jax.random.key(0), (8, 784), minval=-1.0, maxval=1.0)
+    labels = jnp.zeros(8, jnp.int32)
+    config = small_config(marginal=marginal, marginal_components=3, eval_samples=5)
+    config.batch_size = 8
+    task = vae.build(config, sweep.data_info(config, images, labels))
+    state = jax.jit(task.init)(jax.random.key(1))
+    batch = train.Batch(images, labels, jnp.arange(8, dtype=jnp.int32))
+    hparams = {name: spec.default for name, spec in vae.HYPERPARAMETERS.items()}
+    update = jax.jit(lambda *args: task.update(*args, train.Collectives()))
+    new, metrics = update(state, batch, jax.random.key(2), hparams)
+    name = "mixture" if marginal == "mixture" else "pseudo_input_logits"
+    moved = jax.tree_util.tree_map(
+        lambda a, b: float(jnp.max(jnp.abs(a - b))),
+        state.params["params"][name],
+        new.params["params"][name],
+    )
+    assert min(jax.tree_util.tree_leaves(moved)) > 0
+    assert np.isfinite(metrics["loss"])
+
+    key = jax.random.key(3)
+    rate = task.evaluate(new.params, batch, key, hparams)["rate"]
+    model = vae.model_from_config(config, 784)
+    x = vae.evaluation_inputs(images, batch.example_ids, "bernoulli")
+    mean, stddev = model.apply(new.params, x, method=model.encode)
+    z = train.sample_latents(jax.random.split(key)[0], batch.example_ids, mean, stddev, 5)
+    log_r = model.apply(new.params, z, method=model.marginal_log_prob)
+    expected = jnp.mean(losses.gaussian_log_prob(z, mean, stddev) - log_r, axis=0)
+    np.testing.assert_allclose(rate, expected, rtol=1e-5)

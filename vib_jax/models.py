@@ -291,6 +291,8 @@ class VAE(nn.Module):
       likelihood: "bernoulli" or "gaussian" (`ImageDecoder`).
       activation: of every hidden layer.
       stddev_shift: the shift inside the encoder's softplus.
+      marginal: r(z), "standard_normal", "mixture" or "vamp" (`marginal_log_prob`).
+      marginal_components: mixture components or pseudo-inputs (0 for N(0, I)).
     """
 
     latent_dim: int = 50
@@ -299,6 +301,8 @@ class VAE(nn.Module):
     likelihood: str = "bernoulli"
     activation: str = "tanh"
     stddev_shift: float = 0.0
+    marginal: str = "standard_normal"
+    marginal_components: int = 0
 
     def setup(self):
         self.encoder = GaussianEncoder(
@@ -307,6 +311,15 @@ class VAE(nn.Module):
         self.decoder = ImageDecoder(
             tuple(reversed(self.hidden_dims)), self.output_dim, self.likelihood, self.activation
         )
+        if self.marginal == "mixture":
+            self.mixture = MixtureMarginal(self.marginal_components, self.latent_dim)
+        elif self.marginal == "vamp":
+            # Pseudo-input i is sigmoid(logits_i), a grey image; all start near 0.5.
+            self.pseudo_input_logits = self.param(
+                "pseudo_input_logits",
+                nn.initializers.normal(0.01),
+                (self.marginal_components, self.output_dim),
+            )
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Images `[B, D]` -> `(mean, stddev)`, each `[B, K]`."""
@@ -320,10 +333,24 @@ class VAE(nn.Module):
         """The Gaussian likelihood's stddev per pixel `[D]` (only for `likelihood="gaussian"`)."""
         return self.decoder.pixel_stddev()
 
+    def marginal_log_prob(self, z: jax.Array) -> jax.Array:
+        """log r(z) `[...]` of latents `[..., K]`, in nats: N(0, I) ("standard_normal"), a learned
+        mixture of `marginal_components` diagonal Gaussians ("mixture"), or the VampPrior ("vamp";
+        Tomczak & Welling 2018): the equal-weight mixture of the posteriors q(z | u_i) of
+        `marginal_components` learned pseudo-inputs u_i."""
+        if self.marginal == "mixture":
+            return self.mixture(z)
+        if self.marginal == "vamp":
+            means, stddevs = self.encode(jax.nn.sigmoid(self.pseudo_input_logits))
+            weights = jnp.zeros(self.marginal_components)
+            return losses.mixture_log_prob(z, weights, means, stddevs)
+        return losses.standard_normal_log_prob(z)
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Images `[B, D]` -> the decoder's output at z = the posterior mean (used to
-        initialise)."""
+        """Images `[B, D]` -> the decoder's output at z = the posterior mean (used to initialise
+        every parameter, the marginal's too)."""
         mean, _ = self.encode(x)
+        self.marginal_log_prob(mean)
         return self.decode(mean)
 
 

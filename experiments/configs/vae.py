@@ -16,7 +16,10 @@ def get_config():
     config.task = "vae"
     # Classifier entries.
     del config.deterministic, config.covariance, config.rate_estimator
-    del config.marginal, config.marginal_components
+    # r(z): "standard_normal", or learned: a "mixture" of `marginal_components` Gaussians, or
+    # "vamp", the VampPrior with `marginal_components` pseudo-inputs (Tomczak & Welling: 500).
+    config.marginal = "standard_normal"
+    config.marginal_components = 500
     config.latent_dim = 50
     config.hidden_dims = (200, 200)
     config.activation = "tanh"

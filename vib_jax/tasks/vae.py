@@ -16,8 +16,14 @@ final test evaluation, the negative log-likelihood estimated by importance sampl
 `nll_samples` samples from q(z|x) (chunks of `nll_chunk_size` samples, so that memory stays small).
 Rate and distortion are reported in bits too.
 
+Marginal (`config.marginal`): r(z) = N(0, I), or a learned one, "mixture" (`marginal_components`
+diagonal Gaussians) or "vamp" (the VampPrior of Tomczak & Welling 2018: the posteriors of
+`marginal_components` learned pseudo-inputs, equally weighted); with a learned marginal the rate is
+Monte Carlo, log q(z|x) - log r(z) on the samples, in training, evaluation and the NLL's weights.
+The MMD of InfoVAE compares q(z) with N(0, I) whatever the marginal.
+
 Config entries read here: latent_dim, hidden_dims, activation, stddev_shift, likelihood, objective,
-train_samples, eval_samples, nll_samples, nll_chunk_size.
+marginal, marginal_components, train_samples, eval_samples, nll_samples, nll_chunk_size.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ HYPERPARAMETERS = {
     ),
 } | tasks.DUAL_BETA_HYPERPARAMETERS
 LIKELIHOODS = ("bernoulli", "gaussian")
+MARGINALS = ("standard_normal", "mixture", "vamp")
 OBJECTIVES = ("elbo", "iwae")
 RESULT_COLUMNS = (
     "test_nll_nats",
@@ -79,6 +86,10 @@ def validate_config(config) -> None:
             f"mmd_kernel must be one of {losses.MMD_KERNELS}, got {config.mmd_kernel!r}."
         )
     models.check_activation(config.activation)
+    if config.marginal not in MARGINALS:
+        raise ValueError(f"marginal must be one of {MARGINALS}, got {config.marginal!r}.")
+    if config.marginal != "standard_normal":
+        tasks.check_positive_ints(config, ("marginal_components",))
 
 
 def model_from_config(config, input_dim: int) -> models.VAE:
@@ -90,6 +101,10 @@ def model_from_config(config, input_dim: int) -> models.VAE:
         likelihood=config.likelihood,
         activation=config.activation,
         stddev_shift=config.stddev_shift,
+        marginal=config.marginal,
+        marginal_components=0
+        if config.marginal == "standard_normal"
+        else config.marginal_components,
     )
 
 
@@ -147,13 +162,19 @@ def build(config, data_info: DataInfo) -> Task:
         return losses.gaussian_log_prob(x, outputs, stddev)
 
     def log_weights(params, x, ids, key, num_samples, beta=1.0):
-        """`(log p(x|z) [S, B], log p(x|z) - beta * (log q(z|x) - log p(z)) [S, B], KL [B],
-        z [S, B, K])`."""
+        """`(log p(x|z) [S, B], log p(x|z) - beta * (log q(z|x) - log r(z)) [S, B], rate [B],
+        z [S, B, K])`: the rate is the closed-form KL to N(0, I), or its Monte-Carlo estimate on
+        the S samples for a learned marginal r."""
         mean, stddev = model.apply(params, x, method=model.encode)
         z = train.sample_latents(key, ids, mean, stddev, num_samples)
         log_px = log_likelihood(params, z, x)
-        log_ratio = losses.gaussian_log_prob(z, mean, stddev) - losses.standard_normal_log_prob(z)
-        return log_px, log_px - beta * log_ratio, losses.kl_divergence(mean, stddev), z
+        log_marginal = model.apply(params, z, method=model.marginal_log_prob)
+        log_ratio = losses.gaussian_log_prob(z, mean, stddev) - log_marginal
+        if config.marginal == "standard_normal":
+            rate = losses.kl_divergence(mean, stddev)
+        else:
+            rate = jnp.mean(log_ratio, axis=0)
+        return log_px, log_px - beta * log_ratio, rate, z
 
     def init(key):
         params = model.init(key, jnp.zeros((1, data_info.input_dim), jnp.float32))
