@@ -237,3 +237,35 @@ def test_each_player_follows_the_gradient_of_its_own_loss_alone():
     assert set(result) >= {"code_error", "info_categorical_bits", "real_probability"}
     assert all(np.ndim(value) == 0 for value in result.values())
     assert 0 <= result["code_error"] <= 1 - 1 / 10 + 1e-6  # never worse than one matched code
+
+
+def test_figures_order_the_rows_by_the_matched_digit(tmp_path):
+    """The figures of a two-member run of untrained tiny models: PNGs written, and the rows of a
+    grid follow the codes as `code_to_label` matches them."""
+    import matplotlib.pyplot as plt
+
+    config = small_config()
+    task = infogan.build(config, tasks.DataInfo(64, 784, 10, math.log(10), 8))
+    states = [jax.jit(task.init)(jax.random.key(seed)) for seed in (0, 1)]
+    members = [{"seed": s, "info_weight": 1.0, "continuous_info_weight": 1.0} for s in (0, 1)]
+    records = [
+        {"epoch": 1, **m, "test/code_error": 0.8, "train_batches/info_categorical": 1.0}
+        for m in members
+    ]
+    images = np.tanh(np.random.default_rng(0).normal(size=(50, 784))).astype(np.float32)
+    labels = np.arange(50) % 10
+    run = tasks.TrainedRun(
+        str(tmp_path),
+        members,
+        [],
+        records,
+        train.stack([s.ema_params for s in states]),
+        images,
+        labels,
+    )
+    paths = task.figures(run)
+    assert len(paths) == 2 + 2 * 3  # two curves; per member, noise and two continuous codes
+    for path in paths:
+        assert plt.imread(path)[..., :3].std() > 0.02
+    mapping = infogan.code_to_label(task.model, states[0].ema_params, images, labels, 10)
+    assert sorted(mapping) == list(range(10))  # a one-to-one matching of 10 codes to 10 digits

@@ -235,3 +235,32 @@ def test_the_vae_adds_lambda_times_the_mmd_to_its_loss():
     config.mmd_kernel = "laplacian"
     with pytest.raises(ValueError, match="mmd_kernel must be one of"):
         sweep.validate_config(config)
+
+
+def test_the_k2_figure_draws_the_learned_marginals_components(tmp_path):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from vib_jax import tasks
+
+    config = smoke.get_config()
+    config.latent_dim, config.hidden_dims = 2, (16,)
+    config.rate_estimator, config.marginal, config.marginal_components = "monte_carlo", "mixture", 3
+    images = jax.random.normal(jax.random.key(0), (40, 12))
+    labels = jnp.arange(40, dtype=jnp.int32) % 10
+    task = vib_classifier.build(config, sweep.data_info(config, images, labels))
+    params = task.init(jax.random.key(1)).ema_params
+    weights, means, stddevs = tasks.marginal_components(task.model, params)
+    np.testing.assert_allclose(weights, 1 / 3, rtol=1e-6)  # equal weights at the start
+    assert means.shape == stddevs.shape == (3, 2)
+    run = tasks.TrainedRun(
+        str(tmp_path),
+        [{"seed": 0, "beta": 1e-3}],
+        [],
+        [],
+        train.stack([params]),
+        np.asarray(images),
+        np.asarray(labels),
+    )
+    path = vib_classifier.marginal_figure(run, task.model, str(tmp_path / "marginal_k2.png"))
+    assert plt.imread(path)[..., :3].std() > 0.02

@@ -77,6 +77,9 @@ def test_vae_figures(tmp_path):
     latents = np.random.default_rng(1).normal(size=(2, 300, 2))
     labels = np.arange(300) % 10
     assert_drawn(plots.latent_scatter(latents, labels, ["a", "b"], str(tmp_path / "latents.png")))
+    components = [(np.array([0.7, 0.3]), np.array([[0.0, 0.0], [1.0, 1.0]]), np.ones((2, 2)))] * 2
+    path = str(tmp_path / "marginal.png")
+    assert_drawn(plots.latent_scatter(latents, labels, ["a", "b"], path, components))
 
 
 def test_information_axis_is_logarithmic_only_over_a_wide_range():

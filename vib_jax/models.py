@@ -151,15 +151,20 @@ class MixtureMarginal(nn.Module):
     num_components: int
     latent_dim: int
 
-    @nn.compact
+    def setup(self):
+        shape = (self.num_components, self.latent_dim)
+        self.logits = self.param("logits", nn.initializers.zeros, (self.num_components,))
+        self.means = self.param("means", nn.initializers.normal(1.0), shape)
+        # softplus(0.5413) = 1: unit stddevs at the start.
+        self.pre_stddevs = self.param("pre_stddevs", nn.initializers.constant(0.5413), shape)
+
     def __call__(self, z: jax.Array) -> jax.Array:
         """Latents `[..., K]` -> log r(z) `[...]` in nats."""
-        shape = (self.num_components, self.latent_dim)
-        logits = self.param("logits", nn.initializers.zeros, (self.num_components,))
-        means = self.param("means", nn.initializers.normal(1.0), shape)
-        # softplus(0.5413) = 1: unit stddevs at the start.
-        pre_stddevs = self.param("pre_stddevs", nn.initializers.constant(0.5413), shape)
-        return losses.mixture_log_prob(z, logits, means, jax.nn.softplus(pre_stddevs))
+        return losses.mixture_log_prob(z, *self.logits_means_stddevs())
+
+    def logits_means_stddevs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The components: logits of their weights `[M]`, means `[M, K]`, stddevs `[M, K]`."""
+        return self.logits, self.means, jax.nn.softplus(self.pre_stddevs)
 
 
 class CategoricalDecoder(nn.Module):
@@ -233,6 +238,10 @@ class VIBClassifier(nn.Module):
         if self.marginal_components:
             return self.marginal(z)
         return losses.standard_normal_log_prob(z)
+
+    def marginal_logits_means_stddevs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The learned mixture's logits `[M]`, means `[M, K]` and stddevs `[M, K]`."""
+        return self.marginal.logits_means_stddevs()
 
     def __call__(self, x: jax.Array, rng: jax.Array, num_samples: int = 1) -> VIBOutput:
         """Images `[B, ...]` and a key -> `VIBOutput` with S = num_samples posterior samples (and,
@@ -338,13 +347,17 @@ class VAE(nn.Module):
         mixture of `marginal_components` diagonal Gaussians ("mixture"), or the VampPrior ("vamp";
         Tomczak & Welling 2018): the equal-weight mixture of the posteriors q(z | u_i) of
         `marginal_components` learned pseudo-inputs u_i."""
+        if self.marginal == "standard_normal":
+            return losses.standard_normal_log_prob(z)
+        return losses.mixture_log_prob(z, *self.marginal_logits_means_stddevs())
+
+    def marginal_logits_means_stddevs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """A learned marginal's components: logits of their weights `[M]` (equal for the
+        VampPrior), means `[M, K]` and stddevs `[M, K]` (the pseudo-inputs' posteriors)."""
         if self.marginal == "mixture":
-            return self.mixture(z)
-        if self.marginal == "vamp":
-            means, stddevs = self.encode(jax.nn.sigmoid(self.pseudo_input_logits))
-            weights = jnp.zeros(self.marginal_components)
-            return losses.mixture_log_prob(z, weights, means, stddevs)
-        return losses.standard_normal_log_prob(z)
+            return self.mixture.logits_means_stddevs()
+        means, stddevs = self.encode(jax.nn.sigmoid(self.pseudo_input_logits))
+        return jnp.zeros(self.marginal_components), means, stddevs
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Images `[B, D]` -> the decoder's output at z = the posterior mean (used to initialise

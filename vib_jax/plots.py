@@ -202,14 +202,22 @@ def image_grid(images: np.ndarray, row_labels: Sequence[str], title: str, path: 
 
 
 def latent_scatter(
-    latents: np.ndarray, labels: np.ndarray, titles: Sequence[str], path: str
+    latents: np.ndarray,
+    labels: np.ndarray,
+    titles: Sequence[str],
+    path: str,
+    components: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> str:
     """One panel per member of 2-D latents `[M, N, 2]` (posterior means), coloured by digit
-    `[N]`."""
+    `[N]`; with `components` (per member: a learned marginal's weights `[C]`, means `[C, 2]` and
+    stddevs `[C, 2]`), each component's 95% ellipse in black, its line as wide as its weight
+    allows (the heaviest: 2 points)."""
+    from matplotlib.collections import EllipseCollection
+
     num_members = latents.shape[0]
     figure = Figure(figsize=(4 * num_members + 1, 4))
     axes = figure.subplots(1, num_members, squeeze=False)
-    for axis, member_latents, title in zip(axes[0], latents, titles):
+    for m, (axis, member_latents, title) in enumerate(zip(axes[0], latents, titles)):
         points = axis.scatter(
             member_latents[:, 0],
             member_latents[:, 1],
@@ -219,6 +227,21 @@ def latent_scatter(
             vmin=-0.5,
             vmax=9.5,
         )
+        if components is not None:
+            weights, means, stddevs = components[m]
+            widths = 2 * np.sqrt(_CHI2_2D_95) * np.asarray(stddevs)
+            ellipses = EllipseCollection(
+                widths[:, 0],
+                widths[:, 1],
+                np.zeros(len(weights)),
+                units="xy",
+                offsets=means,
+                offset_transform=axis.transData,
+                facecolors="none",
+                edgecolors="black",
+                linewidths=2.0 * np.asarray(weights) / np.max(weights),
+            )
+            axis.add_collection(ellipses)
         axis.set(xlabel="$z_1$", ylabel="$z_2$", title=title, aspect="equal")
     figure.colorbar(points, ax=axes[0].tolist(), label="digit", ticks=range(10))
     return _save(figure, path, tight_layout=False)

@@ -104,6 +104,13 @@ def dual_beta_figures(records, path: Callable[[str], str]) -> list[str]:
     ]
 
 
+def marginal_components(model, params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A model's learned marginal (its `marginal_logits_means_stddevs` method): component weights
+    `[M]`, means `[M, K]` and stddevs `[M, K]`, as host arrays."""
+    logits, means, stddevs = model.apply(params, method=model.marginal_logits_means_stddevs)
+    return tuple(np.asarray(a) for a in (jax.nn.softmax(logits), means, stddevs))
+
+
 class DataInfo(NamedTuple):
     """What a task may know of its training data when it builds its functions.
 

@@ -299,7 +299,8 @@ def figures(run: TrainedRun, model: models.VAE, num_columns: int = 10) -> list[s
     """The rate–distortion curve of the sweep; per member: reconstructions of the first test images
     (as the model sees them: binarised as in evaluation, for the Bernoulli likelihood),
     samples from the prior, linear and spherical interpolation between two test digits of different
-    classes; and, for 2-D latents, the test posterior means coloured by digit."""
+    classes; and, for 2-D latents, the test posterior means coloured by digit (with a learned
+    marginal's components as 95% ellipses)."""
     varying = [k for k in run.members[0] if len({m[k] for m in run.members}) > 1]
     labels = [plots.member_label(m, varying) or "model" for m in run.members]
     member_params = [
@@ -312,7 +313,7 @@ def figures(run: TrainedRun, model: models.VAE, num_columns: int = 10) -> list[s
     prior_samples = jax.random.normal(jax.random.key(0), (num_columns, model.latent_dim))
     first = int(run.test_labels[0])
     other = int(np.argmax(run.test_labels != first))  # the first test digit of another class
-    reconstructions, samples, interpolations, latents = [shown], [], [], []
+    reconstructions, samples, interpolations, latents, components = [shown], [], [], [], []
     for params in member_params:
         means, _ = model.apply(params, inputs, method=model.encode)
         reconstructions.append(_decoded_images(model, params, means[:num_columns]))
@@ -321,6 +322,8 @@ def figures(run: TrainedRun, model: models.VAE, num_columns: int = 10) -> list[s
             path = interpolate(means[0], means[other], num_columns, spherical)
             interpolations.append(_decoded_images(model, params, path))
         latents.append(np.asarray(means))
+        if model.marginal != "standard_normal":
+            components.append(tasks.marginal_components(model, params))
     path = lambda name: os.path.join(run.workdir, name)
     interpolation_labels = [
         f"{label} {kind}" for label in labels for kind in ("linear", "spherical")
@@ -346,6 +349,12 @@ def figures(run: TrainedRun, model: models.VAE, num_columns: int = 10) -> list[s
     ]
     if model.latent_dim == 2:
         paths.append(
-            plots.latent_scatter(np.stack(latents), run.test_labels, labels, path("latents.png"))
+            plots.latent_scatter(
+                np.stack(latents),
+                run.test_labels,
+                labels,
+                path("latents.png"),
+                components or None,
+            )
         )
     return paths + tasks.dual_beta_figures(run.records, path)

@@ -262,6 +262,20 @@ def posterior_figure(run: TrainedRun, model, path: str, num_images: int = 1000) 
     )
 
 
+def marginal_figure(run: TrainedRun, model, path: str, num_images: int = 2000) -> str:
+    """A learned marginal in a 2-D bottleneck: each member's mixture components (95% ellipses,
+    line width by weight) over the posterior means of the first `num_images` test digits."""
+    images = jnp.asarray(run.test_images[:num_images])
+    latents, components, titles = [], [], []
+    for m, member in enumerate(run.members):
+        params = jax.tree_util.tree_map(lambda leaf, m=m: leaf[m], run.ema_params)
+        latents.append(np.asarray(model.apply(params, images, method=model.encode)[0]))
+        components.append(tasks.marginal_components(model, params))
+        titles.append(f"seed {member['seed']}, beta = {member['beta']:g}")
+    labels = run.test_labels[:num_images]
+    return plots.latent_scatter(np.stack(latents), labels, titles, path, components)
+
+
 def figures(run: TrainedRun, model) -> list[str]:
     """Test error against beta, the information plane (the paper's Fig. 1), learning curves, and
     for a stochastic 2-D bottleneck the test posteriors as ellipses (the paper's Fig. 2)."""
@@ -275,4 +289,6 @@ def figures(run: TrainedRun, model) -> list[str]:
     ]
     if model.latent_dim == 2 and model.stochastic:
         paths.append(posterior_figure(run, model, path("posteriors_k2.png")))
+    if model.latent_dim == 2 and model.marginal_components:
+        paths.append(marginal_figure(run, model, path("marginal_k2.png")))
     return paths + tasks.dual_beta_figures(run.records, path)
