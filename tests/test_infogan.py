@@ -140,8 +140,8 @@ def test_info_weights_are_checked():
 
 def test_latents_of_an_example_do_not_depend_on_its_batch():
     key = jax.random.key(3)
-    whole = infogan.sample_latents(key, jnp.arange(6), 5, 10, 2)
-    part = infogan.sample_latents(key, jnp.arange(3, 6), 5, 10, 2)
+    whole = infogan.sample_generator_latents(key, jnp.arange(6), 5, 10, 2)
+    part = infogan.sample_generator_latents(key, jnp.arange(3, 6), 5, 10, 2)
     for a, b in zip(whole, part):
         np.testing.assert_array_equal(a[3:], b)
     assert np.all(np.abs(whole.noise) <= 1) and set(np.asarray(whole.codes)) <= set(range(10))
@@ -178,7 +178,7 @@ def test_each_player_follows_the_gradient_of_its_own_loss_alone():
     )
 
     model, variables = task.model, state.params
-    latents = infogan.sample_latents(key, batch.example_ids, 6, 10, 2)
+    latents = infogan.sample_generator_latents(key, batch.example_ids, 6, 10, 2)
     inputs = infogan.generator_inputs(latents, 10)
 
     def run(params, x, method):
@@ -192,7 +192,7 @@ def test_each_player_follows_the_gradient_of_its_own_loss_alone():
         return out
 
     def information(outputs):
-        categorical, continuous = infogan.information_bounds(outputs, latents)
+        categorical, continuous = infogan.code_information_bounds(outputs, latents)
         return jnp.mean(0.5 * categorical + 2.0 * continuous)
 
     def d_loss(d_params, fake):
@@ -224,11 +224,29 @@ def test_each_player_follows_the_gradient_of_its_own_loss_alone():
         ):
             np.testing.assert_allclose(step, grad, rtol=1e-4, atol=1e-6)
             assert np.any(step != 0)
-    # The batch-norm averages are set by the forward passes, not by the optimizers.
-    moved = jax.tree_util.tree_map(
-        lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], new.params["batch_stats"]
+    # The batch-norm averages are set by the forward passes, not by the optimizers: G's by its
+    # batch, D's (and Q's) by the data's alone.
+    _, expected_stats = model.apply(
+        {"params": variables["params"], "batch_stats": variables["batch_stats"]},
+        inputs,
+        True,
+        method=model.generate,
+        mutable=["batch_stats"],
     )
-    assert all(jax.tree_util.tree_leaves(moved))
+    _, expected_stats = model.apply(
+        {"params": variables["params"], "batch_stats": expected_stats["batch_stats"]},
+        images,
+        True,
+        method=model.discriminate,
+        mutable=["batch_stats"],
+    )
+    for got, want, old in zip(
+        jax.tree_util.tree_leaves(new.params["batch_stats"]),
+        jax.tree_util.tree_leaves(expected_stats["batch_stats"]),
+        jax.tree_util.tree_leaves(variables["batch_stats"]),
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert np.any(got != old)
     assert 0 < metrics["real_probability"] < 1 and metrics["info_categorical"] <= math.log(10)
 
     evaluation = jax.jit(train.make_evaluate(task.evaluate, task.summarize, train.Collectives()))

@@ -4,9 +4,10 @@ images, read back by a recognition network Q that shares the discriminator's bod
 
 Latents per generated image: noise ~ Uniform[-1, 1]^`noise_dim`, a categorical code
 c ~ Uniform{0..`categorical_dim`-1} and `continuous_dim` codes ~ Uniform[-1, 1] (the paper's MNIST
-set-up: 62, 10 and 2; the official code's uniform noise). Objectives (simultaneous updates: one
+set-up: 62, 10 and 2; the official code's uniform noise). Objectives, with simultaneous updates (one
 gradient of the sum of both players' losses, each player's loss seeing the other's params as
-constants):
+constants; the official code alternates a D step and a G step on fresh latents, which costs one
+more generator pass per step):
 
 - discriminator and Q: `-log D(x) - log(1 - D(G(z, c))) - lambda L_I`;
 - generator: the non-saturating `-log D(G(z, c)) - lambda L_I`;
@@ -14,15 +15,20 @@ constants):
 with L_I = `info_weight` * (log Q(c | x) + log C) + `continuous_info_weight` * (log N(c_cont;
 Q's means, 1) + K_c log 2) on the generated batch (`losses.categorical_information_bound`,
 `losses.uniform_code_information_bound`; Q's continuous stddev fixed at 1 as the official code's
-`fix_std`). Adam with b1 = 0.5; the discriminator at `learning_rate`, the generator at
-`generator_learning_rate` (the official code: 2e-4 and 1e-3). Batch statistics are those of the
-global batch (over every device), so 8 devices train as 1.
+`fix_std`; so the continuous part is at most K_c (log 2 - log(2 pi) / 2), -0.33 bits per code: a
+training signal, not a number to compare with K_c bits). Adam with b1 = 0.5; the discriminator at
+`learning_rate`, the generator at `generator_learning_rate` (the official code: 2e-4 and 1e-3).
+Batch norm trains on the statistics of the global batch (over every device), so 8 devices train
+as 1; its running averages, used in evaluation, are the generator's batch's for G and the data's
+for D and Q (the generated batch's are not kept).
 
-Evaluation (EMA params, batch norm with running averages), per example of a real split: D's
-probability that the image is data; Q's categorical code of the image, against its label, whose
-best one-to-one matching gives the code's error as a classifier (the paper: ~5% on MNIST); and one
-generated image per example id (latents from the evaluation key), on which D's probability and
-L_I are measured, in bits: its categorical part is at most H(c) = log2 C.
+Evaluation (the evaluated params: set `ema_decay = 0`, as the config does, for the trained weights
+with their own running averages), per example of a real split: D's probability that the image is
+data; Q's categorical code of the image, against its label, whose best one-to-one matching gives
+the code's error as a classifier (the paper: ~5% on MNIST); and one generated image per example id
+(latents from the evaluation key), on which D's probability and L_I are measured, in bits (its
+categorical part is at most H(c) = log2 C). The generated images are alike for both splits: their
+metrics describe the generator, whichever split's rows they sit in.
 
 Config entries read here: categorical_dim, continuous_dim, noise_dim, hidden_dim, channels,
 q_hidden_dim, generator_learning_rate.
@@ -75,13 +81,14 @@ def validate_config(config) -> None:
         raise ValueError(f"channels must be two widths, got {config.channels!r}.")
     if not (tasks.is_int(config.continuous_dim) and config.continuous_dim >= 0):
         raise ValueError(f"continuous_dim must be an integer >= 0, got {config.continuous_dim!r}.")
-    if not config.generator_learning_rate > 0:
+    rate = config.generator_learning_rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
         raise ValueError(
             f"generator_learning_rate must be > 0, got {config.generator_learning_rate!r}."
         )
 
 
-class Latents(NamedTuple):
+class GeneratorLatents(NamedTuple):
     """One generated image's latents per row: noise `[B, N]`, categorical codes `[B]` int32,
     continuous codes `[B, K_c]`."""
 
@@ -90,15 +97,16 @@ class Latents(NamedTuple):
     continuous: jax.Array
 
 
-def sample_latents(
+def sample_generator_latents(
     key: jax.Array, example_ids: jax.Array, noise_dim: int, num_codes: int, continuous_dim: int
-) -> Latents:
-    """Latents for `[B]` example ids, each row's drawn from `fold_in(key, example_id)` (the same
-    on any device): noise and continuous codes ~ Uniform[-1, 1], codes ~ Uniform{0..C-1}."""
+) -> GeneratorLatents:
+    """The generator's latents for `[B]` example ids, each row's from `fold_in(key, example_id)`
+    (the same on any device): noise and continuous codes ~ Uniform[-1, 1], codes ~
+    Uniform{0..C-1}."""
 
     def draw(example_key):
         noise_key, code_key, continuous_key = jax.random.split(example_key, 3)
-        return Latents(
+        return GeneratorLatents(
             jax.random.uniform(noise_key, (noise_dim,), minval=-1.0, maxval=1.0),
             jax.random.randint(code_key, (), 0, num_codes),
             jax.random.uniform(continuous_key, (continuous_dim,), minval=-1.0, maxval=1.0),
@@ -107,7 +115,7 @@ def sample_latents(
     return jax.vmap(draw)(train.per_example_keys(key, example_ids))
 
 
-def generator_inputs(latents: Latents, num_codes: int) -> jax.Array:
+def generator_inputs(latents: GeneratorLatents, num_codes: int) -> jax.Array:
     """`[B, N + C + K_c]`: noise, the one-hot code and the continuous codes side by side."""
     one_hot = jax.nn.one_hot(latents.codes, num_codes)
     return jnp.concatenate([latents.noise, one_hot, latents.continuous], axis=-1)
@@ -139,7 +147,7 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     )
 
 
-def information_bounds(outputs: models.DiscriminatorOutput, latents: Latents):
+def code_information_bounds(outputs: models.DiscriminatorOutput, latents: GeneratorLatents):
     """`(categorical, continuous)` L_I per generated image `[B]`, in nats."""
     categorical = losses.categorical_information_bound(outputs.code_logits, latents.codes)
     continuous = losses.uniform_code_information_bound(outputs.continuous_means, latents.continuous)
@@ -159,7 +167,7 @@ def build(config, data_info: DataInfo) -> Task:
     )
     optimizer = make_optimizer(config, data_info.steps_per_epoch)
     num_codes = config.categorical_dim
-    latents_of = lambda key, ids: sample_latents(
+    latents_of = lambda key, ids: sample_generator_latents(
         key, ids, config.noise_dim, num_codes, config.continuous_dim
     )
 
@@ -187,15 +195,16 @@ def build(config, data_info: DataInfo) -> Task:
         fake, stats = run(
             params, variables["batch_stats"], generator_inputs(latents, num_codes), net.generate
         )
+        # D's running statistics are the data's: evaluation normalises real digits with them.
         real_out, stats = run(params, stats["batch_stats"], batch.images, net.discriminate)
-        fake_out, stats = run(
+        fake_out, _ = run(
             params, stats["batch_stats"], jax.lax.stop_gradient(fake), net.discriminate
         )
-        # The generator's view: D and Q frozen; their statistics updates are the ones above.
+        # The generator's view: D and Q frozen.
         fake_seen, _ = run(frozen, stats["batch_stats"], fake, net.discriminate)
 
         def information(outputs):
-            categorical, continuous = information_bounds(outputs, latents)
+            categorical, continuous = code_information_bounds(outputs, latents)
             weighted = (
                 hparams["info_weight"] * categorical
                 + hparams["continuous_info_weight"] * continuous
@@ -239,7 +248,7 @@ def build(config, data_info: DataInfo) -> Task:
             variables, generator_inputs(latents, num_codes), False, method=model.generate
         )
         fake_out = model.apply(variables, fake, False, method=model.discriminate)
-        categorical, continuous = information_bounds(fake_out, latents)
+        categorical, continuous = code_information_bounds(fake_out, latents)
         return {
             "real_probability": jax.nn.sigmoid(real_out.logits),
             "fake_probability": jax.nn.sigmoid(fake_out.logits),
@@ -272,7 +281,7 @@ def build(config, data_info: DataInfo) -> Task:
             f"code error {100 * float(test['code_error']):.1f}%, "
             f"L_I {float(test['info_categorical_bits']):.2f} bits"
         ),
-        figures=lambda run: figures(run, model),
+        figures=lambda run: figures(run, model, data_info.num_classes),
         model=model,
     )
 
@@ -313,13 +322,13 @@ def code_grids(model: models.InfoGAN, variables, code_order, key: jax.Array, num
     num_codes, num_rows = model.categorical_dim, len(code_order)
     codes = jnp.repeat(jnp.asarray(code_order), num_columns)
     ids = jnp.arange(num_rows * num_columns)
-    random = sample_latents(key, ids, model.noise_dim, num_codes, model.continuous_dim)
+    random = sample_generator_latents(key, ids, model.noise_dim, num_codes, model.continuous_dim)
     grids = [random._replace(codes=codes)]
     fixed_noise = jnp.broadcast_to(random.noise[0], random.noise.shape)
     sweep = jnp.tile(jnp.linspace(-2.0, 2.0, num_columns), num_rows)
     for code in range(model.continuous_dim):
         continuous = jnp.zeros_like(random.continuous).at[:, code].set(sweep)
-        grids.append(Latents(fixed_noise, codes, continuous))
+        grids.append(GeneratorLatents(fixed_noise, codes, continuous))
     images = [
         model.apply(variables, generator_inputs(g, num_codes), False, method=model.generate)
         for g in grids
@@ -328,7 +337,7 @@ def code_grids(model: models.InfoGAN, variables, code_order, key: jax.Array, num
     return np.asarray(grey).reshape(len(grids), num_rows, num_columns, *data.IMAGE_SHAPE)
 
 
-def figures(run: TrainedRun, model: models.InfoGAN) -> list[str]:
+def figures(run: TrainedRun, model: models.InfoGAN, num_classes: int) -> list[str]:
     """Per member: the categorical code's rows (ordered by the digit each is matched to) with the
     noise varied, and with each continuous code swept from -2 to 2; for the sweep: the code's test
     error and L_I (bits) against epochs."""
@@ -350,7 +359,6 @@ def figures(run: TrainedRun, model: models.InfoGAN) -> list[str]:
             scale=1 / losses.LN2,
         ),
     ]
-    num_classes = int(run.test_labels.max()) + 1
     for m, member in enumerate(run.members):
         variables = jax.tree_util.tree_map(lambda leaf, m=m: leaf[m], run.ema_params)
         mapping = code_to_label(model, variables, run.test_images, run.test_labels, num_classes)
