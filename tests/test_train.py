@@ -392,6 +392,9 @@ def test_evaluate_averages_per_example_rows_of_any_shape_over_real_examples():
     evaluate = train.make_evaluate(per_example, summarize, train.Collectives())
     metrics = jax.jit(evaluate)(None, chunks, jax.random.key(0), {})
     np.testing.assert_allclose([metrics[f"class_{c}"] for c in range(3)], [1.2, 1.2, 1.6])
+    keep_rows = train.make_evaluate(per_example, lambda means, chunks: means, train.Collectives())
+    with pytest.raises(ValueError, match=r"summarize must return scalars only.*one_hot"):
+        keep_rows(None, chunks, jax.random.key(0), {})
 
 
 @pytest.mark.parametrize("name", ["adam", "sgd"])

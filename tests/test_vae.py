@@ -235,3 +235,22 @@ def test_a_learned_marginal_trains_and_its_rate_is_monte_carlo(marginal):
     log_r = model.apply(new.params, z, method=model.marginal_log_prob)
     expected = jnp.mean(losses.gaussian_log_prob(z, mean, stddev) - log_r, axis=0)
     np.testing.assert_allclose(rate, expected, rtol=1e-5)
+
+
+def test_samples_of_a_learned_marginal_follow_its_components():
+    """Draws from a 2-component mixture marginal: each lands near the component it was drawn
+    from, in proportion to the weights; N(0, I) draws are standard normal."""
+    model = vae.model_from_config(small_config(marginal="mixture", marginal_components=2), 784)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 784)))
+    mixture = params["params"]["mixture"]
+    params["params"]["mixture"] = mixture | {
+        "logits": jnp.log(jnp.array([0.8, 0.2])),
+        "means": jnp.array([[-20.0, 0.0, 0.0], [20.0, 0.0, 0.0]]),
+    }
+    z = np.asarray(vae.marginal_samples(model, params, jax.random.key(1), 4000))
+    share = np.mean(z[:, 0] < 0)
+    assert abs(share - 0.8) < 3 * math.sqrt(0.8 * 0.2 / 4000)
+    np.testing.assert_allclose(np.std(z[z[:, 0] < 0], axis=0), 1.0, rtol=0.1)  # stddevs 1 at init
+    standard = vae.model_from_config(small_config(), 784)
+    z = np.asarray(vae.marginal_samples(standard, None, jax.random.key(1), 4000))
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 1) < 0.05

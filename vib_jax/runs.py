@@ -75,11 +75,19 @@ class Run:
     def posterior(self, images) -> tuple[jax.Array, jax.Array]:
         """Every member's q(z|x): `(mean, scale)`, for images `[N, D]` in [-1, 1] (binarised first
         for a Bernoulli VAE, as in its evaluation): means `[M, N, K]` and stddevs `[M, N, K]`, or
-        Cholesky factors `[M, N, K, K]` for a full-covariance encoder."""
+        Cholesky factors `[M, N, K, K]` for a full-covariance encoder. Tasks with an encoder
+        only."""
+        if not hasattr(self.task.model, "encode"):
+            raise ValueError(
+                f"posterior, rate and sample_latents need a task with an encoder q(z|x), got "
+                f"task={self.config.task!r}."
+            )
         return _posterior(self.task.model, self.ema_params, self._model_inputs(images))
 
     def rate(self, images) -> jax.Array:
-        """`[M, N]` KL(q(z|x) || N(0, I)) in nats, the rate of each image under each member."""
+        """`[M, N]` KL(q(z|x) || N(0, I)) in nats, the rate of each image under each member
+        against N(0, I) (also for a run with a learned marginal r(z), whose trained rate is the
+        Monte-Carlo KL to r)."""
         return losses.kl_to_standard_normal(*self.posterior(images))
 
     def sample_latents(self, images, num_samples: int, seed: int = 0) -> jax.Array:

@@ -372,6 +372,10 @@ def make_evaluate(
             jax.tree_util.tree_map(lambda sums: jnp.sum(sums, axis=0), per_chunk)
         )
         means = {name: value / totals["count"] for name, value in totals.items() if name != "count"}
-        return summarize(means, chunks)
+        summary = summarize(means, chunks)
+        shaped = {name: jnp.shape(value) for name, value in summary.items() if jnp.ndim(value)}
+        if shaped:
+            raise ValueError(f"summarize must return scalars only, got shapes {shaped}.")
+        return summary
 
     return evaluate

@@ -295,12 +295,24 @@ def _decoded_images(model, params, z) -> np.ndarray:
     return np.asarray(means).reshape(*means.shape[:-1], *data.IMAGE_SHAPE)
 
 
+def marginal_samples(model: models.VAE, params, key: jax.Array, num_samples: int) -> jax.Array:
+    """`[N, K]` draws from the model's marginal r(z): N(0, I), or a learned mixture's (a
+    component drawn by its weight, then a point from its Gaussian)."""
+    shape = (num_samples, model.latent_dim)
+    if model.marginal == "standard_normal":
+        return jax.random.normal(key, shape)
+    weights, means, stddevs = tasks.marginal_components(model, params)
+    component_key, noise_key = jax.random.split(key)
+    picks = jax.random.choice(component_key, len(weights), (num_samples,), p=weights)
+    return means[picks] + stddevs[picks] * jax.random.normal(noise_key, shape)
+
+
 def figures(run: TrainedRun, model: models.VAE, num_columns: int = 10) -> list[str]:
     """The rate–distortion curve of the sweep; per member: reconstructions of the first test images
     (as the model sees them: binarised as in evaluation, for the Bernoulli likelihood),
-    samples from the prior, linear and spherical interpolation between two test digits of different
-    classes; and, for 2-D latents, the test posterior means coloured by digit (with a learned
-    marginal's components as 95% ellipses)."""
+    samples from the marginal r(z), linear and spherical interpolation between two test digits
+    of different classes; and, for 2-D latents, the test posterior means coloured by digit
+    (with a learned marginal's components as 95% ellipses)."""
     varying = [k for k in run.members[0] if len({m[k] for m in run.members}) > 1]
     labels = [plots.member_label(m, varying) or "model" for m in run.members]
     member_params = [
@@ -310,13 +322,13 @@ def figures(run: TrainedRun, model: models.VAE, num_columns: int = 10) -> list[s
     ids = jnp.arange(run.test_images.shape[0], dtype=jnp.int32)
     inputs = evaluation_inputs(jnp.asarray(run.test_images), ids, model.likelihood)
     shown = np.asarray(inputs[:num_columns]).reshape(-1, *data.IMAGE_SHAPE)
-    prior_samples = jax.random.normal(jax.random.key(0), (num_columns, model.latent_dim))
     first = int(run.test_labels[0])
     other = int(np.argmax(run.test_labels != first))  # the first test digit of another class
     reconstructions, samples, interpolations, latents, components = [shown], [], [], [], []
     for params in member_params:
         means, _ = model.apply(params, inputs, method=model.encode)
         reconstructions.append(_decoded_images(model, params, means[:num_columns]))
+        prior_samples = marginal_samples(model, params, jax.random.key(0), num_columns)
         samples.append(_decoded_images(model, params, prior_samples))
         for spherical in (False, True):
             path = interpolate(means[0], means[other], num_columns, spherical)
@@ -336,7 +348,7 @@ def figures(run: TrainedRun, model: models.VAE, num_columns: int = 10) -> list[s
             "reconstructions (z = mean)",
             path("reconstructions.png"),
         ),
-        plots.image_grid(np.stack(samples), labels, "samples from the prior", path("samples.png")),
+        plots.image_grid(np.stack(samples), labels, "samples from r(z)", path("samples.png")),
         plots.image_grid(
             np.stack(interpolations),
             interpolation_labels,
