@@ -263,6 +263,7 @@ def test_figures_order_the_rows_by_the_matched_digit(tmp_path):
     import matplotlib.pyplot as plt
 
     config = small_config()
+    config.categorical_dim, config.continuous_dim = 3, 1  # small grids: matplotlib is slow
     task = infogan.build(config, tasks.DataInfo(64, 784, 10, math.log(10), 8))
     states = [jax.jit(task.init)(jax.random.key(seed)) for seed in (0, 1)]
     members = [{"seed": s, "info_weight": 1.0, "continuous_info_weight": 1.0} for s in (0, 1)]
@@ -282,8 +283,8 @@ def test_figures_order_the_rows_by_the_matched_digit(tmp_path):
         labels,
     )
     paths = task.figures(run)
-    assert len(paths) == 2 + 2 * 3  # two curves; per member, noise and two continuous codes
+    assert len(paths) == 2 + 2 * 2  # two curves; per member, noise and the continuous code
     for path in paths:
         assert plt.imread(path)[..., :3].std() > 0.02
     mapping = infogan.code_to_label(task.model, states[0].ema_params, images, labels, 10)
-    assert sorted(mapping) == list(range(10))  # a one-to-one matching of 10 codes to 10 digits
+    assert len(set(mapping)) == 3 and set(mapping) <= set(range(10))  # 3 codes, 3 distinct digits

@@ -98,7 +98,15 @@ CHECK = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("task", ["vib_classifier", "tests.gather_task", "vae", "infogan"])
+@pytest.mark.parametrize(
+    "task",
+    [
+        "vib_classifier",
+        "tests.gather_task",
+        "vae",
+        pytest.param("infogan", marks=pytest.mark.slow),  # ~1 min, mostly compiling its convs
+    ],
+)
 def test_eight_devices_equal_one_device(task):
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"

@@ -136,7 +136,7 @@ def test_deterministic_baseline_has_no_rate(tmp_path):
         (["--num_epochs=0"], "num_epochs"),
         (["--members_at_once=-1"], "members_at_once must be an integer >= 0"),
         (["--beta=1e-3", "--betas=1e-3,1e-2"], "--beta or --betas"),
-        (["--config.task=gan"], "task must be one of ['vae', 'vib_classifier']"),
+        (["--config.task=gan"], "task must be one of ['infogan', 'vae', 'vib_classifier']"),
         (["--seeds=3:3"], "--seeds must be"),
         (["--seed=1", "--num_seeds=3"], "one of --seed, --seeds and --num_seeds"),
         (["--sweep=rate_budget="], "--sweep must be NAME=VALUES"),

@@ -14,9 +14,9 @@ def test_load_finds_package_tasks_and_dotted_paths():
     assert tasks.load("vae") is vae
     assert tasks.load("vib_classifier") is vib_classifier
     assert tasks.load("tests.gather_task").HYPERPARAMETERS["weight"].default == 1.0
-    assert tasks.available() == ["vae", "vib_classifier"]
+    assert tasks.available() == ["infogan", "vae", "vib_classifier"]
     for bad in ("gan", "vib_jax.tasks.gan", "no_such_package.task"):
-        with pytest.raises(ValueError, match=r"task must be one of \['vae', 'vib_classifier'\]"):
+        with pytest.raises(ValueError, match=r"task must be one of \['infogan', 'vae', 'vib_"):
             tasks.load(bad)
 
 
