@@ -148,17 +148,20 @@ def test_latents_of_an_example_do_not_depend_on_its_batch():
 
 
 @pytest.mark.slow
-def test_a_few_hundred_steps_on_mnist_move_the_code_error_well_below_chance(tmp_path):
+def test_an_epoch_on_mnist_moves_the_code_error_well_below_chance(tmp_path):
+    """600 steps (~5 min on 2 CPU cores). A code unrelated to the digits errs on ~89% of them
+    (the largest class is 11%; with 2,000 test digits the standard error is < 1%): a broken L_I,
+    Q head or matching stays there. The 3-epoch probe of README was at 75% after its first
+    epoch."""
     from vib_jax import data
 
     config = infogan_config.get_config()
-    config.train_subset, config.test_subset = 30_000, 2000
+    config.test_subset, config.train_eval_size = 2000, 2000
     config.num_epochs, config.eval_chunk_size, config.progress = 1, 500, False
     data.check_prepared(config.dataset)
     rows = sweep.train_and_evaluate(config, str(tmp_path))
-    # Chance is 90% error; a broken L_I or matching stays near it.
-    assert rows[0]["test_code_error"] < 60, rows
-    assert rows[0]["test_info_categorical_bits"] > 2.0, rows
+    assert rows[0]["test_code_error"] < 82, rows
+    assert rows[0]["test_info_categorical_bits"] > 3.0, rows  # of log2 10 = 3.32
 
 
 def test_each_player_follows_the_gradient_of_its_own_loss_alone():
