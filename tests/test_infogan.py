@@ -227,25 +227,21 @@ def test_each_player_follows_the_gradient_of_its_own_loss_alone():
         ):
             np.testing.assert_allclose(step, grad, rtol=1e-4, atol=1e-6)
             assert np.any(step != 0)
+
     # The batch-norm averages are set by the forward passes, not by the optimizers: G's by its
     # batch, D's (and Q's) by the data's alone.
-    _, expected_stats = model.apply(
-        {"params": variables["params"], "batch_stats": variables["batch_stats"]},
-        inputs,
-        True,
-        method=model.generate,
-        mutable=["batch_stats"],
-    )
-    _, expected_stats = model.apply(
-        {"params": variables["params"], "batch_stats": expected_stats["batch_stats"]},
-        images,
-        True,
-        method=model.discriminate,
-        mutable=["batch_stats"],
-    )
+    def statistics_after(stats, inputs, method):
+        variables_now = {"params": variables["params"], "batch_stats": stats}
+        _, updated = model.apply(
+            variables_now, inputs, True, method=method, mutable=["batch_stats"]
+        )
+        return updated["batch_stats"]
+
+    expected_stats = statistics_after(variables["batch_stats"], inputs, model.generate)
+    expected_stats = statistics_after(expected_stats, images, model.discriminate)
     for got, want, old in zip(
         jax.tree_util.tree_leaves(new.params["batch_stats"]),
-        jax.tree_util.tree_leaves(expected_stats["batch_stats"]),
+        jax.tree_util.tree_leaves(expected_stats),
         jax.tree_util.tree_leaves(variables["batch_stats"]),
     ):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
