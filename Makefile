@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # single-threaded compiler; `make test PYTEST_WORKERS=0` runs them in this process.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install data test test-slow lint run sweep vae rd table1 bench clean
+.PHONY: install data test test-slow lint run sweep vae rd table1 robustness bench clean
 
 install: $(VENV)/.installed
 
@@ -50,11 +50,21 @@ rd: data
 	$(PY) -m experiments.sweep_beta --config=experiments/configs/vae.py --betas=0.1:10:9 --workdir=workdirs/rd $(ARGS)
 
 # The paper's classification results (experiments/table1.py): the 25-epoch ablation of the official
-# recipes, Table 1's baselines and the two recipes at 200 epochs, K = 2; then the tables. Each arm
-# is 5 seeds in one program, in its own resumable workdir under workdirs/table1.
+# recipes, Table 1's baselines and the two recipes at 200 epochs, K = 2, the baselines and two more
+# betas at 25 epochs; then the tables. Each arm is 5 seeds in one program, in its own resumable
+# workdir under workdirs/table1.
 table1: data
-	for study in ablation baselines long k2; do $(PY) -m experiments.table1 --study=$$study $(ARGS) || exit 1; done
+	for study in ablation baselines long k2 baselines_25 betas_25; do $(PY) -m experiments.table1 --study=$$study $(ARGS) || exit 1; done
 	$(PY) -m experiments.table1 --report $(ARGS)
+
+# Robustness and uncertainty (experiments/robustness.py) of 25-epoch models, 5 seeds each: VIB at
+# beta = 1e-3 (the ablation's `tf` arm), 1e-2 and 1e-1 against the deterministic and dropout
+# baselines. Trains the arms that are not finished yet, then attacks them.
+ROBUSTNESS_ARMS := tf betas_25 deterministic_25 dropout_25
+robustness: data
+	$(PY) -m experiments.table1 --arms=$(shell echo $(ROBUSTNESS_ARMS) | tr ' ' ',')
+	$(PY) -m experiments.robustness --output=workdirs/robustness $(ARGS) \
+	    --workdirs=$(shell echo $(addprefix workdirs/table1/,$(ROBUSTNESS_ARMS)) | tr ' ' ',')
 
 # Step-time benchmarks against the matrix-product roofline (prints a Markdown table).
 bench: install

@@ -64,6 +64,13 @@ ATTACKS = {
     "pgd_l2": ("l2", _L2_EPSILONS),
 }
 OOD_SCORES = ("rate", "entropy", "max_softmax")
+# Each table's measured columns; the others, but the seed, say what was measured.
+MEASURES = {
+    "robustness": ("accuracy", "seconds"),
+    "carlini_wagner": ("success", "accuracy", "l0_mean", "l2_mean", "linf_mean"),
+    "calibration": ("ece", "nll", "brier"),
+    "ood": ("auroc", "aupr", "fpr_at_95_tpr"),
+}
 
 
 def parse_epsilons(name: str, values) -> tuple[float, ...]:
@@ -297,16 +304,31 @@ def main(argv) -> None:
     write_outputs(tables, zeros, reliability, attacked)
 
 
+def seed_summary_table(name: str, rows: list[dict]) -> str:
+    """Markdown: table `name`'s measures as mean ± sd over the seeds of each model and setting
+    (the columns that vary between rows, but the seed)."""
+    measures = MEASURES[name]
+    group = [
+        c
+        for c in dict.fromkeys(k for row in rows for k in row)
+        if c not in (*measures, "seed") and (c == "model" or len({r[c] for r in rows}) > 1)
+    ]
+    return metrics.markdown_summary(metrics.seed_summary(rows, group, measures), group, measures)
+
+
 def write_outputs(tables, zeros, reliability, attacked) -> None:
-    """CSV and Markdown per table, and the figures."""
+    """CSV and Markdown per table (`results.md` per member, `summary.md` over seeds), and the
+    figures."""
     path = lambda name: os.path.join(_OUTPUT.value, name)
-    markdown = []
+    markdown, summary = [], []
     for name, rows in tables.items():
         columns = list(dict.fromkeys(k for row in rows for k in row))
         metrics.write_csv(path(f"{name}.csv"), rows, columns)
         varying = [c for c in columns if c in ("model", "seed") or len({r[c] for r in rows}) > 1]
         markdown.append(f"## {name}\n\n{metrics.markdown_table(rows, varying)}")
+        summary.append(f"## {name}\n\n{seed_summary_table(name, rows)}")
     metrics.write_text(path("results.md"), "\n".join(markdown))
+    metrics.write_text(path("summary.md"), "\n\n".join(summary) + "\n")
     for attack in ATTACKS:
         rows = [r for r in tables["robustness"] if r["attack"] == attack]
         plots.accuracy_vs_epsilon(rows, attack, path(f"accuracy_{attack}.png"))
@@ -324,7 +346,7 @@ def write_outputs(tables, zeros, reliability, attacked) -> None:
             path("cw_zeros_to_one.png"),
         )
     plots.reliability_diagram(reliability, labels, path("reliability.png"))
-    print("\n".join(markdown))
+    print("\n\n".join(summary))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,15 @@ evaluation of the official JAX notebook) and writes Markdown tables beside the w
     python -m experiments.table1 --study=baselines            # Table 1's rows, 200 epochs
     python -m experiments.table1 --study=long                 # the two recipes at 200 epochs
     python -m experiments.table1 --study=k2                   # K = 2, full covariance
+    python -m experiments.table1 --study=baselines_25         # the baselines at 25 epochs
+    python -m experiments.table1 --study=betas_25             # VIB at beta 1e-2, 1e-1, 25 epochs
     python -m experiments.table1 --report                     # tables of every finished arm
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Callable, NamedTuple
@@ -29,7 +32,7 @@ from absl import app, flags, logging
 from experiments.configs import default, jax_recipe, k2
 from vib_jax import checkpoints, metrics, runs, sweep
 
-STUDIES = ("ablation", "baselines", "long", "k2")
+STUDIES = ("ablation", "baselines", "long", "k2", "baselines_25", "betas_25")
 EVAL_SAMPLES = (1, 12, 1024)  # the paper's one-sample and 12-sample errors, the JAX notebook's 1024
 # Arms also evaluated with 1024 samples (others: 1 and 12, for time; deterministic ones: 1).
 EVALUATED_WITH_1024 = ("tf", "jax", "vib_tf_200", "vib_jax_200")
@@ -45,17 +48,60 @@ class Arm(NamedTuple):
     get_config: Callable[[], ml_collections.ConfigDict]
     overrides: dict[str, Any]
     sweep: dict[str, tuple[float, ...]] = {}
+    paper_row: str = ""  # the row of the paper's Table 1 this arm stands for (`PAPER_TABLE1`)
+
+
+# Table 1's baselines (Pereyra et al. 2017's best settings): name, description, swept value.
+_BASELINES = (
+    ("deterministic", "Baseline (no regularisation)", {}),
+    ("dropout", "Dropout 0.5 on the hidden layers", {"dropout": (0.5,)}),
+    (
+        "label_smoothing",
+        "Label smoothing, epsilon = 0.1 (Pereyra et al.'s best)",
+        {"label_smoothing": (0.1,)},
+    ),
+    (
+        "confidence_penalty",
+        "Confidence penalty, weight 1.0 (Pereyra et al.'s best)",
+        {"confidence_penalty": (1.0,)},
+    ),
+)
+
+
+def _baseline_arms(study: str, num_epochs: int, suffix: str) -> tuple[Arm, ...]:
+    """Table 1's four baselines (deterministic encoders, the TF recipe) at `num_epochs`, named
+    `NAME{suffix}`."""
+    return tuple(
+        Arm(
+            name + suffix,
+            study,
+            f"{description}, {num_epochs} epochs",
+            default.get_config,
+            {"deterministic": True, "num_epochs": num_epochs},
+            sweep,
+            paper_row=name,
+        )
+        for name, description, sweep in _BASELINES
+    )
 
 
 ARMS = (
     Arm(
         "tf",
         "ablation",
-        "TF demo recipe (our default), 25 epochs",
+        "VIB (beta = 1e-3), TF demo recipe (our default), 25 epochs",
         default.get_config,
         {"num_epochs": 25},
+        paper_row="vib",
     ),
-    Arm("jax", "ablation", "JAX notebook recipe", jax_recipe.get_config, {}),
+    Arm(
+        "jax",
+        "ablation",
+        "VIB (beta = 1e-3), JAX notebook recipe, 25 epochs",
+        jax_recipe.get_config,
+        {},
+        paper_row="vib",
+    ),
     Arm(
         "jax_1_train_sample",
         "ablation",
@@ -84,36 +130,15 @@ ARMS = (
         jax_recipe.get_config,
         {"learning_rate": 1e-4, "lr_decay_rate": 0.97},
     ),
+    *_baseline_arms("baselines", 200, ""),
+    *_baseline_arms("baselines_25", 25, "_25"),
     Arm(
-        "deterministic",
-        "baselines",
-        "Baseline (no regularisation)",
+        "betas_25",
+        "betas_25",
+        "VIB at beta = 1e-2 and 1e-1, TF demo recipe, 25 epochs",
         default.get_config,
-        {"deterministic": True},
-    ),
-    Arm(
-        "dropout",
-        "baselines",
-        "Dropout 0.5 on the hidden layers",
-        default.get_config,
-        {"deterministic": True},
-        {"dropout": (0.5,)},
-    ),
-    Arm(
-        "label_smoothing",
-        "baselines",
-        "Label smoothing, epsilon = 0.1 (Pereyra et al.'s best)",
-        default.get_config,
-        {"deterministic": True},
-        {"label_smoothing": (0.1,)},
-    ),
-    Arm(
-        "confidence_penalty",
-        "baselines",
-        "Confidence penalty, weight 1.0 (Pereyra et al.'s best)",
-        default.get_config,
-        {"deterministic": True},
-        {"confidence_penalty": (1.0,)},
+        {"num_epochs": 25},
+        {"beta": (1e-2, 1e-1)},
     ),
     Arm(
         "vib_tf_200",
@@ -121,6 +146,7 @@ ARMS = (
         "VIB (beta = 1e-3), TF demo recipe, 200 epochs",
         default.get_config,
         {},
+        paper_row="vib",
     ),
     Arm(
         "vib_jax_200",
@@ -128,6 +154,7 @@ ARMS = (
         "VIB (beta = 1e-3), JAX notebook recipe, 200 epochs",
         jax_recipe.get_config,
         {"num_epochs": 200},
+        paper_row="vib",
     ),
     Arm("k2", "k2", "K = 2, full covariance, betas 1e-3, 1e-1, 1", k2.get_config, {}),
 )
@@ -137,7 +164,7 @@ PAPER_TABLE1 = {
     "dropout": 1.34,
     "confidence_penalty": 1.36,
     "label_smoothing": 1.40,
-    "vib_tf_200": 1.13,
+    "vib": 1.13,
 }
 PAPER_K2 = {1e-3: (3.18, 3.24), 1e-1: (3.44, 4.32), 1.0: (33.82, 62.81)}
 
@@ -255,28 +282,28 @@ def ablation_table(root: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table1(root: str) -> str:
-    """Markdown: the paper's Table 1 beside ours (12-sample test error, mean ± sd over seeds)."""
+def table1(root: str, num_epochs: int) -> str:
+    """Markdown: the paper's Table 1 (200 epochs) beside our arms of its rows trained for
+    `num_epochs` (12-sample test error, mean ± sd over seeds)."""
     lines = [
         "| model | paper (%) | ours, 12 samples (%) | ours, 1024 samples (%) | seeds | epochs |",
         "|---|---|---|---|---|---|",
     ]
     for arm in ARMS:
-        workdir = _finished(root, arm)
-        if arm.name not in PAPER_TABLE1 and arm.name != "vib_jax_200":
+        if not arm.paper_row or arm_config(arm, 1).num_epochs != num_epochs:
             continue
+        paper = PAPER_TABLE1[arm.paper_row]
+        workdir = _finished(root, arm)
         if workdir is None:
-            lines.append(
-                f"| {arm.description} | {PAPER_TABLE1.get(arm.name, '')} | not run | | | |"
-            )
+            lines.append(f"| {arm.description} | {paper} | not run | | | |")
             continue
         rows = runs.read_results(workdir)
         errors = posthoc_errors(workdir, _sample_counts(arm))
         twelve = errors.get("S=12", errors["S=1"])[0]  # a deterministic arm: S = 1 is every S
         many = _mean_sd(errors["S=1024"][0]) if "S=1024" in errors else ""
         lines.append(
-            f"| {arm.description} | {PAPER_TABLE1.get(arm.name, '')} | {_mean_sd(twelve)} | "
-            f"{many} | {len(rows)} | {int(rows[0]['epochs'])} |"
+            f"| {arm.description} | {paper} | {_mean_sd(twelve)} | {many} | {len(rows)} | "
+            f"{int(rows[0]['epochs'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -330,10 +357,12 @@ def evaluation_spread(root: str, arm_name: str = "jax", num_keys: int = 5) -> st
 
 
 def report(root: str) -> None:
-    """Writes `root/ablation.md`, `table1.md`, `k2.md` and `evaluation_spread.md`."""
+    """Writes `root/ablation.md`, `table1.md` (200 epochs), `table1_25_epochs.md`, `k2.md` and
+    `evaluation_spread.md`."""
     for name, make in (
         ("ablation", ablation_table),
-        ("table1", table1),
+        ("table1", functools.partial(table1, num_epochs=200)),
+        ("table1_25_epochs", functools.partial(table1, num_epochs=25)),
         ("k2", k2_table),
         ("evaluation_spread", evaluation_spread),
     ):

@@ -52,6 +52,19 @@ def test_bad_epsilons_are_named(values, message):
         robustness.parse_epsilons("linf_epsilons", values)
 
 
+def test_the_summary_means_each_setting_over_its_seeds():
+    rows = [
+        dict(model="vib", seed=s, beta=b, attack="pgd_linf", epsilon=0.1, accuracy=a, seconds=1.0)
+        for s, b, a in ((0, 1e-3, 40.0), (1, 1e-3, 50.0), (0, 1e-1, 70.0), (1, 1e-1, 72.0))
+    ]
+    table = robustness.seed_summary_table("robustness", rows).splitlines()
+    assert table[0] == "| model | beta | seeds | accuracy | seconds |"
+    assert table[2:] == [
+        "| vib | 0.001 | 2 | 45.00 ± 7.07 | 1.00 ± 0.00 |",
+        "| vib | 0.10 | 2 | 71.00 ± 1.41 | 1.00 ± 0.00 |",
+    ]
+
+
 def test_workdirs_without_a_checkpoint_or_of_two_datasets_are_refused(trained, tmp_path):
     empty = tmp_path / "empty"
     shutil.copytree(trained / "vib", empty, ignore=shutil.ignore_patterns("checkpoints"))
@@ -96,6 +109,8 @@ def test_the_entrypoint_writes_every_table_and_figure(trained, tmp_path):
         "reliability",
     ):
         assert os.path.getsize(output / f"{figure}.png") > 5_000
+    summary = (output / "summary.md").read_text()
+    assert summary.count("| det |") == 3 * 2 + 1 + 1 + 3 * 2  # attacks x eps, CW, ECE, OOD
     with open(output / "robustness.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 3 * 3 * 2  # 3 members x 3 attacks x 2 epsilons

@@ -13,7 +13,7 @@ from experiments.configs import smoke
 from vib_jax import runs, sweep
 
 
-def test_every_arm_is_a_valid_config_with_five_seeds():
+def test_every_arm_is_a_valid_config_with_five_seeds(tmp_path):
     names = [arm.name for arm in table1.ARMS]
     assert len(set(names)) == len(names)
     for arm in table1.ARMS:
@@ -21,10 +21,19 @@ def test_every_arm_is_a_valid_config_with_five_seeds():
         sweep.validate_config(config)
         assert config.seeds == (0, 1, 2, 3, 4)
         assert arm.study in table1.STUDIES
-    baselines = {a.name: table1.arm_config(a, 1) for a in table1.ARMS if a.study == "baselines"}
-    assert all(config.deterministic for config in baselines.values())
-    assert tuple(baselines["dropout"].sweep.dropout) == (0.5,)
-    assert set(table1.PAPER_TABLE1) <= set(names)
+    for study, epochs, suffix in (("baselines", 200, ""), ("baselines_25", 25, "_25")):
+        baselines = {a.name: table1.arm_config(a, 1) for a in table1.ARMS if a.study == study}
+        assert set(baselines) == {f"{name}{suffix}" for name, *_ in table1._BASELINES}
+        assert all(c.deterministic and c.num_epochs == epochs for c in baselines.values())
+        assert tuple(baselines[f"dropout{suffix}"].sweep.dropout) == (0.5,)
+        assert tuple(baselines[f"label_smoothing{suffix}"].sweep.label_smoothing) == (0.1,)
+    assert {a.paper_row for a in table1.ARMS if a.paper_row} == set(table1.PAPER_TABLE1)
+    # Each Table 1 lists the paper's rows for its epoch count only (nothing trained here).
+    matched = table1.table1(str(tmp_path), num_epochs=25)
+    assert "| Dropout 0.5 on the hidden layers, 25 epochs | 1.34 | not run |" in matched
+    assert "| VIB (beta = 1e-3), JAX notebook recipe, 25 epochs | 1.13 | not run |" in matched
+    assert "200 epochs" not in matched and len(matched.splitlines()) == 2 + 6
+    assert len(table1.table1(str(tmp_path), num_epochs=200).splitlines()) == 2 + 6
 
 
 @pytest.mark.real_data
