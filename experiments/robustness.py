@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -304,15 +305,19 @@ def main(argv) -> None:
     write_outputs(tables, zeros, reliability, attacked)
 
 
+def _distinguishing_columns(rows: list[dict], excluded: Sequence[str] = ()) -> list[str]:
+    """The rows' columns, in order and but `excluded`, that tell the rows apart: the model, the
+    seed, and every other column whose value varies."""
+    columns = [c for c in dict.fromkeys(k for row in rows for k in row) if c not in excluded]
+    varying = set(metrics.varying_keys(rows, columns))
+    return [c for c in columns if c in ("model", "seed") or c in varying]
+
+
 def seed_summary_table(name: str, rows: list[dict]) -> str:
     """Markdown: table `name`'s measures as mean ± sd over the seeds of each model and setting
     (the columns that vary between rows, but the seed)."""
     measures = MEASURES[name]
-    group = [
-        c
-        for c in dict.fromkeys(k for row in rows for k in row)
-        if c not in (*measures, "seed") and (c == "model" or len({r[c] for r in rows}) > 1)
-    ]
+    group = [c for c in _distinguishing_columns(rows, measures) if c != "seed"]
     return metrics.markdown_summary(metrics.seed_summary(rows, group, measures), group, measures)
 
 
@@ -324,8 +329,9 @@ def write_outputs(tables, zeros, reliability, attacked) -> None:
     for name, rows in tables.items():
         columns = list(dict.fromkeys(k for row in rows for k in row))
         metrics.write_csv(path(f"{name}.csv"), rows, columns)
-        varying = [c for c in columns if c in ("model", "seed") or len({r[c] for r in rows}) > 1]
-        markdown.append(f"## {name}\n\n{metrics.markdown_table(rows, varying)}")
+        markdown.append(
+            f"## {name}\n\n{metrics.markdown_table(rows, _distinguishing_columns(rows))}"
+        )
         summary.append(f"## {name}\n\n{seed_summary_table(name, rows)}")
     metrics.write_text(path("results.md"), "\n".join(markdown))
     metrics.write_text(path("summary.md"), "\n\n".join(summary) + "\n")

@@ -2,7 +2,9 @@
 against scipy, the layers against JAX's own, the task's checks, and (slow) a few hundred steps on
 real MNIST."""
 
+import itertools
 import math
+import os
 
 import hypothesis.extra.numpy as hnp
 import jax
@@ -282,8 +284,26 @@ def test_figures_order_the_rows_by_the_matched_digit(tmp_path):
         labels,
     )
     paths = task.figures(run)
-    assert len(paths) == 2 + 2 * 2  # two curves; per member, noise and the continuous code
+    # two curves; per member, noise, the continuous code and the code x label counts
+    assert sorted(os.path.basename(p) for p in paths) == [
+        "code_error.png",
+        "code_labels_seed0.png",
+        "code_labels_seed1.png",
+        "codes_seed0_0.png",
+        "codes_seed0_1.png",
+        "codes_seed1_0.png",
+        "codes_seed1_1.png",
+        "information.png",
+    ]
     for path in paths:
         assert plt.imread(path)[..., :3].std() > 0.02
-    mapping = infogan.code_to_label(task.model, states[0].ema_params, images, labels, 10)
+    counts = infogan.code_label_counts(task.model, states[0].ema_params, images, labels, 10)
+    assert counts.shape == (3, 10) and counts.sum() == len(images)
+    mapping = infogan.code_to_label(counts)
     assert len(set(mapping)) == 3 and set(mapping) <= set(range(10))  # 3 codes, 3 distinct digits
+    # each code is matched to a label it holds, and no other matching holds more
+    brute_force = max(
+        sum(counts[c, d] for c, d in enumerate(digits))
+        for digits in itertools.permutations(range(10), 3)
+    )
+    assert counts[np.arange(3), mapping].sum() == brute_force

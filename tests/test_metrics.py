@@ -59,3 +59,15 @@ def test_csv_round_trip_markdown_and_jsonl_truncation(tmp_path):
     metrics.truncate_jsonl(log, 2)
     assert [r["epoch"] for r in metrics.read_jsonl(log)] == [1, 2]
     assert not (tmp_path / "metrics.jsonl.tmp").exists()
+
+
+def test_varying_keys_are_those_whose_value_differs_between_records():
+    members = [
+        {"seed": 0, "beta": 1e-3, "samples": 12},
+        {"seed": 1, "beta": 1e-3, "samples": 12},
+        {"seed": 0, "beta": 1e-2, "samples": 12},
+    ]
+    assert metrics.varying_keys(members) == ["seed", "beta"]
+    assert metrics.varying_keys(members, ["beta", "samples"]) == ["beta"]
+    assert metrics.varying_keys(members[:1]) == []
+    assert metrics.varying_keys([]) == []

@@ -3,6 +3,7 @@ quantities agree with what the run itself reported."""
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -64,6 +65,13 @@ def test_a_vae_run_loads_and_encodes_what_it_was_trained_on(tmp_path):
     assert rate_nats == pytest.approx(row["test_rate_nats"], rel=1e-4)  # binarised as in evaluation
     with pytest.raises(ValueError, match="predictive needs a classifier task"):
         run.predictive(images)
+    # The figures come back from the workdir alone, the same files as the run wrote.
+    written = sorted(p.name for p in tmp_path.glob("*.png"))
+    for path in tmp_path.glob("*.png"):
+        path.unlink()
+    rewritten = run.write_figures()
+    assert written and sorted(os.path.basename(p) for p in rewritten) == written
+    assert all(os.path.getsize(p) > 0 for p in rewritten)
 
 
 def test_bad_workdirs_are_named(tmp_path):

@@ -47,6 +47,13 @@ def epoch_records(
     return records
 
 
+def varying_keys(records: Sequence[Mapping], keys: Iterable[str] | None = None) -> list[str]:
+    """The keys (all of the first record's, or `keys`, in order) whose value is not the same in
+    every record: the hyperparameters that tell a sweep's members apart."""
+    candidates = list(records[0]) if keys is None and records else list(keys or [])
+    return [k for k in candidates if len({r[k] for r in records}) > 1]
+
+
 def seed_summary(
     rows: Sequence[Mapping], group_columns: Sequence[str], value_columns: Sequence[str]
 ) -> list[dict]:

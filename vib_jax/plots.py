@@ -36,7 +36,7 @@ def _curves_over_beta(
     combination of the hyperparameters other than beta (label "" when beta is the only one)."""
     summary = metrics.seed_summary(rows, hyperparameters, [value])
     others = [h for h in hyperparameters if h != "beta"]
-    varying = [h for h in others if len({entry[h] for entry in summary}) > 1]
+    varying = metrics.varying_keys(summary, others)
     curves: dict[str, tuple[list, list, list]] = {}
     for entry in sorted(summary, key=lambda e: e["beta"]):
         betas, means, stds = curves.setdefault(member_label(entry, varying), ([], [], []))
@@ -128,7 +128,7 @@ def learning_curves(
         if records
         else []
     )
-    varying = [k for k in member_keys if len({r[k] for r in records}) > 1]
+    varying = metrics.varying_keys(records, member_keys)
     figure = Figure(figsize=(5.5, 4))
     axes = figure.subplots()
     lines: dict[tuple, list] = {}
@@ -198,6 +198,36 @@ def image_grid(images: np.ndarray, row_labels: Sequence[str], title: str, path: 
             axes[i, j].set_yticks([])
         axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
     figure.suptitle(title)
+    return _save(figure, path)
+
+
+def count_matrix(
+    counts: np.ndarray,
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+    title: str,
+    path: str,
+) -> str:
+    """A `[rows, columns]` matrix of counts as a heatmap, each cell with its count (a confusion
+    matrix: rows what a model says, columns the true label)."""
+    num_rows, num_columns = counts.shape
+    figure = Figure(figsize=(0.55 * num_columns + 1.8, 0.45 * num_rows + 1.2))
+    axes = figure.subplots()
+    axes.imshow(counts, cmap="Blues")
+    for (i, j), count in np.ndenumerate(counts):
+        dark = count > counts.max() / 2
+        axes.text(
+            j,
+            i,
+            f"{count:d}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if dark else "black",
+        )
+    axes.set_xticks(range(num_columns), column_labels)
+    axes.set_yticks(range(num_rows), row_labels)
+    axes.set(xlabel="label", title=title)
     return _save(figure, path)
 
 

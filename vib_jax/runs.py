@@ -8,6 +8,7 @@
     probs = run.predictive(images)             # [M, N, C] softmax averaged over posterior samples
     run.results, run.records                   # results.csv and metrics.jsonl as lists of dicts
     run.results_frame(), run.records_frame()   # the same as pandas DataFrames
+    run.write_figures()                        # the task's figures again, e.g. after a plot change
 
 Tables come as plain records (lists of dicts), and as pandas DataFrames on request: pandas is
 imported only by the `*_frame` methods, so the library does not depend on it (install it, or
@@ -26,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from vib_jax import checkpoints, data, losses, metrics, sweep, tasks, train
 
@@ -67,6 +69,21 @@ class Run:
     def records_frame(self):
         """`records` as a pandas DataFrame."""
         return _pandas().DataFrame(self.records)
+
+    def write_figures(self) -> list[str]:
+        """Writes the task's figures into the workdir again, from the newest checkpoint, results
+        and records (after a change to a plot, with no retraining); returns their paths."""
+        test_images, test_labels = self.split("test", self.config.test_subset or None)
+        run = tasks.TrainedRun(
+            workdir=self.workdir,
+            members=self.members,
+            rows=self.results,
+            records=self.records,
+            ema_params=jax.device_get(self.ema_params),
+            test_images=np.asarray(test_images),
+            test_labels=np.asarray(test_labels),
+        )
+        return self.task.figures(run)
 
     def split(self, name: str, subset_size: int | None = None) -> data.Split:
         """The `train` or `test` split of the run's dataset (all of it unless `subset_size`)."""

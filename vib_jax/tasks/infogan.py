@@ -46,7 +46,7 @@ import numpy as np
 import optax
 import scipy.optimize
 
-from vib_jax import data, losses, models, plots, tasks, train
+from vib_jax import data, losses, metrics, models, plots, tasks, train
 from vib_jax.tasks import DataInfo, Hyperparameter, Task, TrainedRun
 
 HYPERPARAMETERS = {
@@ -300,16 +300,22 @@ def result_row(train_metrics, test_metrics, num_codes: int) -> dict:
     }
 
 
-def code_to_label(model: models.InfoGAN, variables, images, labels, num_classes: int):
-    """`[C]` int: the label each categorical code is matched to by the best one-to-one matching
-    (scipy's Hungarian algorithm) of the codes Q reads from `images` `[N, D]` to `labels` `[N]`;
-    -1 for a code left unmatched (more codes than labels)."""
+def code_label_counts(model: models.InfoGAN, variables, images, labels, num_classes: int):
+    """`[C, num_classes]` int: how many of `images` `[N, D]` with each label in `labels` `[N]` Q
+    reads as each categorical code (its most probable one)."""
     outputs = model.apply(variables, jnp.asarray(images), False, method=model.discriminate)
     predicted = np.asarray(jnp.argmax(outputs.code_logits, axis=-1))
-    counts = np.zeros((model.categorical_dim, num_classes))
+    counts = np.zeros((model.categorical_dim, num_classes), dtype=np.int64)
     np.add.at(counts, (predicted, np.asarray(labels)), 1)
+    return counts
+
+
+def code_to_label(counts: np.ndarray) -> np.ndarray:
+    """`[C]` int: the label each categorical code is matched to by the best one-to-one matching
+    (scipy's Hungarian algorithm) of `code_label_counts`'s `[C, num_classes]`; -1 for a code left
+    unmatched (more codes than labels)."""
     codes, matched = scipy.optimize.linear_sum_assignment(counts, maximize=True)
-    mapping = np.full(model.categorical_dim, -1)
+    mapping = np.full(counts.shape[0], -1)
     mapping[codes] = matched
     return mapping
 
@@ -339,10 +345,11 @@ def code_grids(model: models.InfoGAN, variables, code_order, key: jax.Array, num
 
 def figures(run: TrainedRun, model: models.InfoGAN, num_classes: int) -> list[str]:
     """Per member: the categorical code's rows (ordered by the digit each is matched to) with the
-    noise varied, and with each continuous code swept from -2 to 2; for the sweep: the code's test
-    error and L_I (bits) against epochs."""
+    noise varied, and with each continuous code swept from -2 to 2, and the count of test digits of
+    each label Q reads as each code; for the sweep: the code's test error and L_I (bits) against
+    epochs."""
     path = lambda name: os.path.join(run.workdir, name)
-    varying = [k for k in run.members[0] if len({m[k] for m in run.members}) > 1]
+    names = ["seed", *(k for k in metrics.varying_keys(run.members) if k != "seed")]
     paths = [
         plots.learning_curves(
             run.records,
@@ -361,11 +368,12 @@ def figures(run: TrainedRun, model: models.InfoGAN, num_classes: int) -> list[st
     ]
     for m, member in enumerate(run.members):
         variables = jax.tree_util.tree_map(lambda leaf, m=m: leaf[m], run.ema_params)
-        mapping = code_to_label(model, variables, run.test_images, run.test_labels, num_classes)
+        counts = code_label_counts(model, variables, run.test_images, run.test_labels, num_classes)
+        mapping = code_to_label(counts)
         order = np.argsort(np.where(mapping < 0, num_classes + np.arange(len(mapping)), mapping))
         rows = [f"c={c}: {mapping[c]}" if mapping[c] >= 0 else f"c={c}" for c in order]
         grids = code_grids(model, variables, order, jax.random.key(member["seed"]))
-        name = "_".join(f"{k}{member[k]:g}" for k in ["seed", *varying])
+        name = "_".join(f"{k}{member[k]:g}" for k in names)
         titles = ["noise varied"] + [
             f"continuous code {k + 1} from -2 to 2" for k in range(model.continuous_dim)
         ]
@@ -373,4 +381,13 @@ def figures(run: TrainedRun, model: models.InfoGAN, num_classes: int) -> list[st
             paths.append(
                 plots.image_grid(grid, rows, f"{name}: {title}", path(f"codes_{name}_{g}.png"))
             )
+        paths.append(
+            plots.count_matrix(
+                counts[order],
+                rows,
+                [str(k) for k in range(num_classes)],
+                f"{name}: test digits Q reads as each code",
+                path(f"code_labels_{name}.png"),
+            )
+        )
     return paths

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vib_jax import data, losses, models, plots, tasks, train
+from vib_jax import data, losses, metrics, models, plots, tasks, train
 from vib_jax.tasks import DataInfo, Hyperparameter, Task, TrainedRun
 
 HYPERPARAMETERS = {
@@ -313,7 +313,7 @@ def figures(run: TrainedRun, model: models.VAE, num_columns: int = 10) -> list[s
     samples from the marginal r(z), linear and spherical interpolation between two test digits
     of different classes; and, for 2-D latents, the test posterior means coloured by digit
     (with a learned marginal's components as 95% ellipses)."""
-    varying = [k for k in run.members[0] if len({m[k] for m in run.members}) > 1]
+    varying = metrics.varying_keys(run.members)
     labels = [plots.member_label(m, varying) or "model" for m in run.members]
     member_params = [
         jax.tree_util.tree_map(lambda leaf, m=m: leaf[m], run.ema_params)
