@@ -313,12 +313,18 @@ def _distinguishing_columns(rows: list[dict], excluded: Sequence[str] = ()) -> l
     return [c for c in columns if c in ("model", "seed") or c in varying]
 
 
+def _setting_columns(name: str, rows: list[dict]) -> list[str]:
+    """The columns of table `name` that tell its settings apart: those that tell rows apart, but
+    the seed and the measures."""
+    return [c for c in _distinguishing_columns(rows, MEASURES[name]) if c != "seed"]
+
+
 def seed_summary_table(name: str, rows: list[dict]) -> str:
     """Markdown: table `name`'s measures as mean ± sd over the seeds of each model and setting
     (the columns that vary between rows, but the seed)."""
-    measures = MEASURES[name]
-    group = [c for c in _distinguishing_columns(rows, measures) if c != "seed"]
-    return metrics.markdown_summary(metrics.seed_summary(rows, group, measures), group, measures)
+    group = _setting_columns(name, rows)
+    summary = metrics.seed_summary(rows, group, MEASURES[name])
+    return metrics.markdown_summary(summary, group, MEASURES[name])
 
 
 def write_outputs(tables, zeros, reliability, attacked) -> None:
@@ -339,19 +345,30 @@ def write_outputs(tables, zeros, reliability, attacked) -> None:
         rows = [r for r in tables["robustness"] if r["attack"] == attack]
         plots.accuracy_vs_epsilon(rows, attack, path(f"accuracy_{attack}.png"))
     plots.perturbation_sizes_vs_beta(tables["carlini_wagner"], path("cw_sizes.png"))
-    labels = [
-        f"{r['model']} {plots.member_label(r, ('beta', 'seed'))}" for r in tables["carlini_wagner"]
-    ]
+    # One row per member, in the order of `zeros` and `reliability`: the seeds of each setting.
+    members = tables["carlini_wagner"]
+    group = _setting_columns("carlini_wagner", members)
+    settings: dict[tuple, list[int]] = {}
+    for m, member in enumerate(members):
+        settings.setdefault(tuple(member[c] for c in group), []).append(m)
+    labels = [plots.member_label(members[indices[0]], group) for indices in settings.values()]
     shown = min(len(z) for z in zeros)
-    if shown:  # the attacked images hold a zero
-        grid = np.stack([z[: min(shown, 10)] for z in zeros])
+    if shown:  # the attacked images hold a zero; the grid shows each setting's first seed
+        grid = np.stack([zeros[indices[0]][: min(shown, 10)] for indices in settings.values()])
         plots.image_grid(
-            data.to_unit_interval(grid.reshape(len(zeros), -1, *data.IMAGE_SHAPE)),
-            labels,
+            data.to_unit_interval(grid.reshape(len(settings), -1, *data.IMAGE_SHAPE)),
+            [
+                f"{label} seed={members[indices[0]]['seed']:g}"
+                for label, indices in zip(labels, settings.values())
+            ],
             'first test zeros pushed to "1" (CW L2)',
             path("cw_zeros_to_one.png"),
         )
-    plots.reliability_diagram(reliability, labels, path("reliability.png"))
+    pooled = [
+        uncertainty.pooled_reliability_bins([reliability[m] for m in indices])
+        for indices in settings.values()
+    ]
+    plots.reliability_diagram(pooled, labels, path("reliability.png"))
     print("\n\n".join(summary))
 
 

@@ -5,6 +5,8 @@ import math
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vib_jax import uncertainty
 
@@ -63,6 +65,40 @@ def test_reliability_bins_are_right_closed():
     probs = np.array([[0.5, 0.5], [1.0, 0.0], [0.75, 0.25]])
     bins = uncertainty.reliability_bins(probs, np.array([0, 0, 1]), num_bins=4)
     np.testing.assert_array_equal(bins["count"], [0, 1, 1, 1])
+
+
+@settings(deadline=None, max_examples=30)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.lists(st.integers(0, 40), min_size=1, max_size=4).filter(lambda sizes: sum(sizes) > 0),
+)
+def test_pooled_bins_are_the_bins_of_all_predictions_together(seed, sizes):
+    """Pooling the bins of several seeds' predictions gives the bins of their concatenation."""
+    rng = np.random.default_rng(seed)
+    parts = [(rng.dirichlet(np.full(4, 0.5), size=n), rng.integers(0, 4, size=n)) for n in sizes]
+    parts = [(p, y) for p, y in parts if len(y)]  # a seed with no predictions has no bins
+    pooled = uncertainty.pooled_reliability_bins(
+        [uncertainty.reliability_bins(p, y, num_bins=5) for p, y in parts]
+    )
+    together = uncertainty.reliability_bins(
+        np.concatenate([p for p, _ in parts]), np.concatenate([y for _, y in parts]), num_bins=5
+    )
+    np.testing.assert_array_equal(pooled["count"], together["count"])
+    for name in ("confidence", "accuracy"):  # NaN in the same empty bins
+        np.testing.assert_allclose(pooled[name], together[name], rtol=1e-12)
+
+
+def test_pooling_bins_of_other_edges_or_none_raises():
+    probs, labels = np.array([[0.9, 0.1]]), np.array([0])
+    with pytest.raises(ValueError, match="share their edges"):
+        uncertainty.pooled_reliability_bins(
+            [
+                uncertainty.reliability_bins(probs, labels, num_bins=4),
+                uncertainty.reliability_bins(probs, labels, num_bins=5),
+            ]
+        )
+    with pytest.raises(ValueError, match="at least one"):
+        uncertainty.pooled_reliability_bins([])
 
 
 def test_calibration_accepts_jax_arrays():

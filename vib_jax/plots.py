@@ -110,8 +110,8 @@ def information_plane(rows: Sequence[dict], path: str) -> str:
 
 def member_label(record: dict, keys: Sequence[str]) -> str:
     """A short label of a sweep member from its record's values of `keys`, e.g.
-    'beta=0.001 seed=1'."""
-    return " ".join(f"{k}={record[k]:g}" for k in keys)
+    'beta=0.001 seed=1' (a string value stands alone: 'dropout_25 seed=1')."""
+    return " ".join(record[k] if isinstance(record[k], str) else f"{k}={record[k]:g}" for k in keys)
 
 
 def learning_curves(
@@ -389,7 +389,7 @@ def perturbation_sizes_vs_beta(rows: Sequence[dict], path: str) -> str:
 
 def reliability_diagram(bins: Sequence[dict], labels: Sequence[str], path: str) -> str:
     """Accuracy against confidence per confidence bin (`uncertainty.reliability_bins`), one line
-    per model, with the diagonal of perfect calibration."""
+    per model (or setting, its seeds' bins pooled), with the diagonal of perfect calibration."""
     figure = Figure(figsize=(5, 5))
     axes = figure.subplots()
     axes.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")

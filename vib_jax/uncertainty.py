@@ -11,6 +11,8 @@ scikit-learn, which the OOD metrics use, is imported only when they are called.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 # The true positive rate at which `ood_metrics` reports the false positive rate.
@@ -89,6 +91,27 @@ def reliability_bins(probs, labels, num_bins: int = 15) -> dict[str, np.ndarray]
         mean_confidence = np.bincount(bin_index, confidence, num_bins) / count
         accuracy = np.bincount(bin_index, correct, num_bins) / count
     return dict(edges=edges, confidence=mean_confidence, accuracy=accuracy, count=count)
+
+
+def pooled_reliability_bins(bins: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`reliability_bins` of several models on the same edges (the seeds of one setting) as one:
+    counts summed, confidence and accuracy averaged with the counts as weights, which is what
+    `reliability_bins` gives for all their predictions together."""
+    if not bins:
+        raise ValueError("bins must hold at least one model's reliability bins.")
+    edges = bins[0]["edges"]
+    if any(not np.array_equal(b["edges"], edges) for b in bins):
+        raise ValueError("reliability bins to pool must share their edges.")
+    count = np.sum([b["count"] for b in bins], axis=0)
+
+    def weighted(name):
+        total = np.sum([np.where(b["count"] > 0, b[name] * b["count"], 0.0) for b in bins], axis=0)
+        with np.errstate(invalid="ignore"):
+            return total / count
+
+    return dict(
+        edges=edges, confidence=weighted("confidence"), accuracy=weighted("accuracy"), count=count
+    )
 
 
 def expected_calibration_error(probs, labels, num_bins: int = 15) -> float:
