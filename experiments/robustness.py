@@ -56,6 +56,9 @@ _PGD_STEPS = flags.DEFINE_integer("pgd_steps", 40, "PGD steps.")
 _CW_STEPS = flags.DEFINE_integer("cw_steps", 200, "Adam steps of the Carlini-Wagner attack.")
 _CW_C = flags.DEFINE_float("cw_c", 10.0, "The Carlini-Wagner constant c (no binary search).")
 _CW_LEARNING_RATE = flags.DEFINE_float("cw_learning_rate", 0.01, "Its Adam learning rate.")
+_CW_CONFIDENCE = flags.DEFINE_float(
+    "cw_confidence", 0.0, "kappa: the margin (nats) by which the target must win during the attack."
+)
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Images attacked at once.")
 
 # Attack name -> (norm, flag of its epsilons).
@@ -68,7 +71,7 @@ OOD_SCORES = ("rate", "entropy", "max_softmax")
 # Each table's measured columns; the others, but the seed, say what was measured.
 MEASURES = {
     "robustness": ("accuracy", "seconds"),
-    "carlini_wagner": ("success", "accuracy", "l0_mean", "l2_mean", "linf_mean"),
+    "carlini_wagner": ("reached", "success", "accuracy", "l0_mean", "l2_mean", "linf_mean"),
     "calibration": ("ece", "nll", "brier"),
     "ood": ("auroc", "aupr", "fpr_at_95_tpr"),
 }
@@ -120,17 +123,28 @@ def accuracy_under_attack(
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_samples", "num_steps"))
-def carlini_wagner(model, params, images, labels, key, *, num_samples, num_steps, c, learning_rate):
-    """The targeted CW-L2 attack towards (label + 1) mod 10: `(adversarial, success, still_right)`
-    with success and the verdict judged with fresh samples."""
+def carlini_wagner(
+    model, params, images, labels, key, *, num_samples, num_steps, c, learning_rate, confidence
+):
+    """The targeted CW-L2 attack towards (label + 1) mod 10: `(adversarial, reached, success,
+    still_right)`, each `[B]` bool but the images. `reached`: the target won by `confidence` with
+    the noise of the attack's own step; `success` and `still_right`: the verdict of fresh
+    samples."""
     predict = attacks.vib_log_predictive(model, params, num_samples)
     targets = (labels + 1) % data.NUM_CLASSES
     attack_key, verdict_key = jax.random.split(key)
     adversarial, reached = attacks.carlini_wagner_l2(
-        predict, images, targets, attack_key, num_steps=num_steps, learning_rate=learning_rate, c=c
+        predict,
+        images,
+        targets,
+        attack_key,
+        num_steps=num_steps,
+        learning_rate=learning_rate,
+        c=c,
+        confidence=confidence,
     )
     predicted = jnp.argmax(predict(adversarial, verdict_key), -1)
-    return adversarial, reached & (predicted == targets), predicted == labels
+    return adversarial, reached, reached & (predicted == targets), predicted == labels
 
 
 def robustness_rows(run: runs.Run, images, labels, label: dict) -> list[dict]:
@@ -181,8 +195,9 @@ def robustness_rows(run: runs.Run, images, labels, label: dict) -> list[dict]:
 
 
 def carlini_wagner_rows(run: runs.Run, images, labels, label: dict):
-    """One row per member: CW success (%), accuracy left (%), mean sizes of the successes; and the
-    adversarial images of the member's first test zeros (for the figure)."""
+    """One row per member: CW success (%) during the attack (`reached`) and by a fresh verdict
+    (`success`), accuracy left (%), mean sizes of the successes; and the adversarial images of the
+    member's first test zeros (for the figure)."""
     rows, zeros = [], []
     for m, member in enumerate(run.members):
         batches = [
@@ -196,12 +211,22 @@ def carlini_wagner_rows(run: runs.Run, images, labels, label: dict):
                 num_steps=_CW_STEPS.value,
                 c=jnp.float32(_CW_C.value),
                 learning_rate=jnp.float32(_CW_LEARNING_RATE.value),
+                confidence=jnp.float32(_CW_CONFIDENCE.value),
             )
             for start in range(0, images.shape[0], _BATCH.value)
         ]
-        adversarial, success, right = (np.concatenate(parts) for parts in zip(*batches))
+        adversarial, reached, success, right = (np.concatenate(parts) for parts in zip(*batches))
         sizes = attacks.perturbation_sizes(images, adversarial)
-        row = label | member | dict(success=100.0 * success.mean(), accuracy=100.0 * right.mean())
+        row = (
+            label
+            | member
+            | dict(
+                confidence=_CW_CONFIDENCE.value,
+                reached=100.0 * reached.mean(),
+                success=100.0 * success.mean(),
+                accuracy=100.0 * right.mean(),
+            )
+        )
         for name, values in sizes.items():
             values = np.asarray(values)
             row[f"{name}_mean"] = float(values[success].mean()) if success.any() else float("nan")
@@ -275,8 +300,11 @@ def main(argv) -> None:
             raise app.UsageError(f"--{name} must be >= 1, got {flags.FLAGS[name].value}.")
     for flag in (_LINF_EPSILONS, _L2_EPSILONS):
         parse_epsilons(flag.name, flag.value)
-    if _CW_C.value < 0 or _CW_LEARNING_RATE.value <= 0:
-        raise app.UsageError("--cw_c must be >= 0 and --cw_learning_rate > 0.")
+    if _CW_C.value < 0 or _CW_CONFIDENCE.value < 0 or _CW_LEARNING_RATE.value <= 0:
+        raise app.UsageError(
+            "--cw_c and --cw_confidence must be >= 0 and --cw_learning_rate > 0, got "
+            f"{_CW_C.value}, {_CW_CONFIDENCE.value} and {_CW_LEARNING_RATE.value}."
+        )
     loaded = load_checked(_WORKDIRS.value)
     dataset = loaded[0].config.dataset
     data.check_prepared(other_dataset(dataset))

@@ -125,3 +125,9 @@ def test_the_entrypoint_writes_every_table_and_figure(trained, tmp_path):
         ood = list(csv.DictReader(handle))
     assert {r["score"] for r in ood if r["model"] == "det"} == {"entropy", "max_softmax"}
     assert {r["score"] for r in ood if r["model"] == "vib"} == {"rate", "entropy", "max_softmax"}
+    with open(output / "carlini_wagner.csv") as handle:
+        cw = list(csv.DictReader(handle))
+    # A fresh verdict only removes successes; a deterministic model's verdict is the attack's own.
+    assert all(float(r["success"]) <= float(r["reached"]) for r in cw)
+    assert all(r["success"] == r["reached"] for r in cw if r["model"] == "det")
+    assert any(float(r["success"]) > 0 for r in cw if r["model"] == "det")
