@@ -94,6 +94,20 @@ class Case:
         )
 
 
+def vae_with_mixture_marginal():
+    """The VAE with a learned marginal r(z): a mixture of 500 diagonal Gaussians."""
+    config = vae.get_config()
+    config.marginal = "mixture"
+    return config
+
+
+def vae_with_vampprior():
+    """The VAE with the VampPrior of 500 pseudo-inputs."""
+    config = vae.get_config()
+    config.marginal = "vamp"
+    return config
+
+
 CASES = (
     Case("(a) one model", default.get_config),
     Case("(b) 8-beta sweep", default.get_config, num_betas=8),
@@ -104,6 +118,8 @@ CASES = (
     Case("(g) VAE, 5-seed sweep", vae.get_config, num_seeds=5),
     Case("(h) InfoGAN, one model", infogan.get_config),
     Case("(i) InfoGAN, 5-seed sweep", infogan.get_config, num_seeds=5),
+    Case("(j) VAE, mixture marginal", vae_with_mixture_marginal),
+    Case("(k) VAE, VampPrior", vae_with_vampprior),
 )
 
 

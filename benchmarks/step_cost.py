@@ -75,13 +75,31 @@ def vib_step_matmuls(
 
 def vae_step_matmuls(config, batch_size: int, input_dim: int) -> tuple[Matmul, ...]:
     """One step of the VAE of `config`: the encoder on B (binarised, so per-member) images, the
-    decoder (the encoder's widths reversed) on the S * B latent samples."""
+    decoder (the encoder's widths reversed) on the S * B latent samples, and a learned marginal's
+    products (`marginal_matmuls`)."""
     encoder = (input_dim, *config.hidden_dims, 2 * config.latent_dim)
     decoder = (config.latent_dim, *reversed(config.hidden_dims), input_dim)
+    num_latents = config.train_samples * batch_size
     return tuple(
         dense_matmuls(batch_size, encoder, input_gradient=False)
-        + dense_matmuls(config.train_samples * batch_size, decoder, input_gradient=True)
+        + dense_matmuls(num_latents, decoder, input_gradient=True)
+        + marginal_matmuls(config, num_latents, encoder)
     )
+
+
+def marginal_matmuls(config, num_latents: int, encoder: Sequence[int]) -> list[Matmul]:
+    """A learned marginal r(z) of M = `config.marginal_components` components on N = `num_latents`
+    latents: the three products of `losses.mixture_log_prob`'s gradient (`[M, N] @ [N, K]` and
+    twice `[N, M] @ [M, K]`; its forward is a broadcast, no product), and for the VampPrior the
+    encoder on the M pseudo-inputs, which are trained (their input gradient counts). None for
+    N(0, I)."""
+    if config.marginal == "standard_normal":
+        return []
+    m, k = config.marginal_components, config.latent_dim
+    products = [Matmul(m, num_latents, k), Matmul(num_latents, m, k), Matmul(num_latents, m, k)]
+    if config.marginal == "vamp":
+        products += dense_matmuls(m, encoder, input_gradient=True)
+    return products
 
 
 def layer_matmuls(

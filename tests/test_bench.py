@@ -27,6 +27,19 @@ def test_vae_step_flops_match_the_closed_form():
     assert flops / 1e9 == pytest.approx(0.22, abs=0.005)  # the figure in the module doc
 
 
+@pytest.mark.parametrize("marginal", ["mixture", "vamp"])
+def test_a_learned_marginal_adds_its_gradient_products_and_the_vampprior_its_encoder(marginal):
+    b, d, h, k, m = 100, 784, 200, 50, 500
+    config = vae.get_config()
+    base = step_cost.flops(step_cost.vae_step_matmuls(config, b, d))
+    config.marginal, config.marginal_components = marginal, m
+    added = step_cost.flops(step_cost.vae_step_matmuls(config, b, d)) - base
+    mixture_gradient = 3 * 2 * b * m * k
+    pseudo_input_encoder = 3 * 2 * m * (d * h + h * h + h * 2 * k)  # forward, both gradients
+    want = mixture_gradient + (pseudo_input_encoder if marginal == "vamp" else 0)
+    assert added == want
+
+
 def test_interleaved_medians_alternate_the_programs_and_take_medians():
     calls = []
 

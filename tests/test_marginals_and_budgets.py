@@ -33,6 +33,89 @@ def test_mixture_log_prob_matches_scipy():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"logits \[M\], means \[M, K\] and stddevs \[M, K\]"):
         losses.mixture_log_prob(z, logits[:2], means, stddevs)
+    with pytest.raises(ValueError, match=r"z \[..., K\] must have the means' K = 2"):
+        losses.mixture_log_prob(z[..., :1], logits, means, stddevs)
+
+
+def broadcast_mixture_log_prob(z, logits, means, stddevs):
+    """The mixture's log-density as one [..., M, K] broadcast, differentiated by JAX: the
+    reference for `losses.mixture_log_prob`'s hand-written gradient."""
+    per_component = losses.gaussian_log_prob(z[..., None, :], means, stddevs)
+    return jax.scipy.special.logsumexp(per_component + jax.nn.log_softmax(logits), axis=-1)
+
+
+def mixture_value_and_gradients(log_prob, z, logits, means, stddevs):
+    """A scalar of the log-densities with unequal cotangents (sin), and its gradients with respect
+    to all four arguments."""
+    scalar = lambda *args: jnp.sum(jnp.sin(log_prob(*args)))
+    return jax.value_and_grad(scalar, argnums=(0, 1, 2, 3))(z, logits, means, stddevs)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-2, 1e-3])
+def test_the_mixture_gradient_matches_differentiating_the_broadcast(scale):
+    # Points near the components, whose stddevs go down to 1e-3 of the points' norms: where a
+    # gradient expanded into matrix products (|z|^2 - 2 z.mu + |mu|^2) loses its digits.
+    keys = jax.random.split(jax.random.key(0), 4)
+    means = jax.random.normal(keys[0], (40, 8))
+    stddevs = scale * jnp.exp(0.3 * jax.random.normal(keys[1], (40, 8)))
+    nearest = jax.random.randint(keys[2], (3, 64), 0, 40)
+    z = means[nearest] + stddevs[nearest] * jax.random.normal(keys[3], (3, 64, 8))
+    logits = jax.random.normal(keys[1], (40,))
+    got_value, got = mixture_value_and_gradients(losses.mixture_log_prob, z, logits, means, stddevs)
+    want_value, want = mixture_value_and_gradients(
+        broadcast_mixture_log_prob, z, logits, means, stddevs
+    )
+    np.testing.assert_allclose(got_value, want_value, rtol=1e-5)
+    for name, g, w in zip(("z", "logits", "means", "stddevs"), got, want):
+        error = float(jnp.max(jnp.abs(g - w)) / jnp.max(jnp.abs(w)))
+        assert error < 2e-3, (name, error)
+
+
+def test_the_mixture_gradient_maps_over_members():
+    # A sweep vmaps the gradient over members, each with its own components.
+    keys = jax.random.split(jax.random.key(1), 3)
+    z = jax.random.normal(keys[0], (4, 10, 3))
+    means = jax.random.normal(keys[1], (4, 6, 3))
+    stddevs = jnp.exp(0.5 * jax.random.normal(keys[2], (4, 6, 3)))
+    logits = jnp.zeros((4, 6))
+    gradient = lambda f: jax.vmap(jax.grad(lambda *a: jnp.sum(f(*a)), argnums=(0, 1, 2, 3)))
+    got = gradient(losses.mixture_log_prob)(z, logits, means, stddevs)
+    want = gradient(broadcast_mixture_log_prob)(z, logits, means, stddevs)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch_shape=st.lists(st.integers(1, 4), max_size=2),
+    num_components=st.integers(1, 6),
+    latent_dim=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_the_mixture_log_prob_and_its_gradient_for_any_shapes(
+    batch_shape, num_components, latent_dim, seed
+):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=num_components).astype(np.float32)
+    means = rng.normal(size=(num_components, latent_dim)).astype(np.float32)
+    stddevs = rng.lognormal(sigma=0.5, size=(num_components, latent_dim)).astype(np.float32)
+    z = rng.normal(scale=1.5, size=(*batch_shape, latent_dim)).astype(np.float32)
+    log_weights = logits - np.logaddexp.reduce(logits.astype(np.float64))
+    per_component = scipy.stats.norm.logpdf(z[..., None, :].astype(np.float64), means, stddevs).sum(
+        -1
+    )
+    want = np.logaddexp.reduce(per_component + log_weights, axis=-1)
+    got = losses.mixture_log_prob(z, logits, means, stddevs)
+    assert got.shape == tuple(batch_shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    _, got_gradients = mixture_value_and_gradients(
+        losses.mixture_log_prob, z, logits, means, stddevs
+    )
+    _, want_gradients = mixture_value_and_gradients(
+        broadcast_mixture_log_prob, z, logits, means, stddevs
+    )
+    for g, w in zip(got_gradients, want_gradients):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
 def test_the_rate_to_a_one_component_mixture_is_the_closed_form_kl():
@@ -112,6 +195,24 @@ def test_the_classifier_with_the_dual_update_moves_beta_by_the_rate_above_the_ta
         assert float(metrics["beta"]) == pytest.approx(beta, rel=1e-5)  # the beta of that step
         beta = max(0.0, beta + 0.01 * (float(metrics["rate"]) - 5.0))
     assert float(hparams["beta"] + state.variables["beta_offset"]) == pytest.approx(beta, rel=1e-5)
+
+
+def test_beta_warms_up_linearly_over_its_epochs_then_holds():
+    # 64 examples in batches of 16: 4 steps per epoch, so 2 warm-up epochs are 8 steps.
+    _, task, batch = toy_task(beta_warmup_epochs=(2.0,))
+    state = task.init(jax.random.key(2))
+    defaults = {n: h.default for n, h in vib_classifier.HYPERPARAMETERS.items()}
+    hparams = {
+        name: jnp.float32(value)
+        for name, value in (defaults | {"beta": 0.1, "beta_warmup_epochs": 2.0}).items()
+    }
+    step = jax.jit(train.make_train_step(task.update, 0.9, train.Collectives()))
+    for t in range(10):
+        state, metrics = step(state, batch, jax.random.key(3), hparams)
+        want = 0.1 * min(1.0, (t + 1) / 8)
+        assert float(metrics["beta"]) == pytest.approx(want, rel=1e-6)
+        trained = metrics["cross_entropy"] + want * metrics["rate"]
+        assert float(metrics["loss"]) == pytest.approx(float(trained), rel=1e-5)
 
 
 def test_the_classifier_with_a_learned_mixture_marginal_trains_its_marginal():

@@ -152,6 +152,11 @@ def mixture_log_prob(
     diag(stddevs_m^2)), in nats (a learned marginal r(z); its KL from q(z|x) has no closed form:
     use `monte_carlo_rate`).
 
+    The value is exact to float32 rounding (`_mixture_log_prob_forward`); the gradient is written
+    by hand, mostly matrix products (`_mixture_log_prob_backward`), 5x faster than differentiating
+    the [N, M, K] broadcast (benchmarks/RESULTS.md). Reverse mode only (`jax.grad`, `jax.vjp`):
+    a `jax.custom_vjp`.
+
     Args:
       z: `[..., K]` points.
       logits: `[M]` unnormalised log mixture weights.
@@ -166,8 +171,71 @@ def mixture_log_prob(
             "logits [M], means [M, K] and stddevs [M, K] must agree, got "
             f"{jnp.shape(logits)}, {jnp.shape(means)}, {jnp.shape(stddevs)}."
         )
-    per_component = gaussian_log_prob(z[..., None, :], means, stddevs)  # [..., M]
-    return jax.scipy.special.logsumexp(per_component + jax.nn.log_softmax(logits), axis=-1)
+    if jnp.shape(z)[-1:] != jnp.shape(means)[1:]:
+        raise ValueError(
+            f"z [..., K] must have the means' K = {jnp.shape(means)[1]} latents, got z of shape "
+            f"{jnp.shape(z)}."
+        )
+    points = jnp.reshape(z, (-1, jnp.shape(z)[-1]))
+    log_prob = _mixture_log_prob_flat(points, jax.nn.log_softmax(logits), means, stddevs)
+    return jnp.reshape(log_prob, jnp.shape(z)[:-1])
+
+
+@jax.custom_vjp
+def _mixture_log_prob_flat(
+    z: jax.Array, log_weights: jax.Array, means: jax.Array, stddevs: jax.Array
+) -> jax.Array:
+    """`mixture_log_prob` of points `[N, K]` with normalised log weights `[M]`: `[N]` nats."""
+    return _mixture_log_prob_forward(z, log_weights, means, stddevs)[0]
+
+
+def _mixture_log_prob_forward(z, log_weights, means, stddevs):
+    """The mixture's log-density `[N]` and what its gradient needs: the components' posterior
+    probabilities (responsibilities) `[N, M]` and the inputs.
+
+    Each component's log-density comes from the standardised differences (z - means_m) / stddevs_m,
+    one [N, M, K] broadcast, fused by XLA into its sum: exact where the expansion
+    |z|^2 - 2 z.mu + |mu|^2 over a matrix product would lose all digits (stddevs << |z|).
+    """
+    inverse_stddevs = 1.0 / stddevs
+    log_normalizers = log_weights - jnp.sum(jnp.log(stddevs) + _HALF_LOG_2PI, axis=-1)  # [M]
+    standardized = (z[:, None, :] - means) * inverse_stddevs  # [N, M, K]
+    log_joint = log_normalizers - 0.5 * jnp.sum(jnp.square(standardized), axis=-1)  # [N, M]
+    log_prob = jax.scipy.special.logsumexp(log_joint, axis=-1)
+    responsibilities = jnp.exp(log_joint - log_prob[:, None])
+    return log_prob, (z, means, inverse_stddevs, responsibilities)
+
+
+def _mixture_log_prob_backward(residuals, cotangent):
+    """The gradient of `_mixture_log_prob_flat` from the responsibilities, mostly matrix products.
+
+    With G[n, m] = cotangent[n] * responsibility[n, m], precisions P = 1 / stddevs^2, and the
+    points and means shifted by the means' average (no change in exact arithmetic, smaller terms):
+      d/dz           = G (means P) - z (G P)                                 [N, K]
+      d/dmeans       = P (G^T z - means sum_n G)                             [M, K]
+      d/dstddevs     = (sum_n G (z_n - means)^2 P - sum_n G) / stddevs       [M, K]
+      d/dlog_weights = sum_n G                                               [M]
+    The stddevs' sum of squared distances stays a broadcast: expanded into products it cancels
+    (relative errors of 1-200% at stddevs 1e-3 in our tests; the other three match differentiating
+    the broadcast). The products run at the highest precision, since their terms partly cancel
+    (not TF32 on GPUs).
+    """
+    z, means, inverse_stddevs, responsibilities = residuals
+    center = jnp.mean(means, axis=0)
+    z, means = z - center, means - center
+    weights = cotangent[:, None] * responsibilities  # G [N, M]
+    total = jnp.sum(weights, axis=0)  # [M]
+    precision = jnp.square(inverse_stddevs)
+    matmul = lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+    weighted_z = matmul(weights.T, z)  # [M, K]
+    z_gradient = matmul(weights, means * precision) - z * matmul(weights, precision)
+    means_gradient = precision * (weighted_z - means * total[:, None])
+    squared_distances = jnp.einsum("nm,nmk->mk", weights, jnp.square(z[:, None, :] - means))
+    stddevs_gradient = inverse_stddevs * (squared_distances * precision - total[:, None])
+    return z_gradient, total, means_gradient, stddevs_gradient
+
+
+_mixture_log_prob_flat.defvjp(_mixture_log_prob_forward, _mixture_log_prob_backward)
 
 
 def kl_divergence(

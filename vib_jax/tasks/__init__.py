@@ -39,9 +39,11 @@ class Hyperparameter:
     doc: str
 
 
-# The Variational Discriminator Bottleneck's constraint (Peng et al. 2019), for a task whose update
-# reports the batch-mean `rate` and whose loss weighs it by `hparams["beta"]` (`with_dual_beta`).
-DUAL_BETA_HYPERPARAMETERS = {
+# How beta moves during training, for a task whose update reports the batch-mean `rate` and whose
+# loss weighs it by `hparams["beta"]` (`with_beta_schedules`): the Variational Discriminator
+# Bottleneck's constraint (Peng et al. 2019, `with_dual_beta`), and a linear warm-up (KL annealing,
+# Bowman et al. 2016; the VampPrior's warm-up, Tomczak & Welling 2018; `with_beta_warmup`).
+BETA_SCHEDULE_HYPERPARAMETERS = {
     "target_rate": Hyperparameter(
         0.0, ">= 0", lambda v: v >= 0, "I_c (nats): the rate the dual update of beta holds"
     ),
@@ -50,6 +52,12 @@ DUAL_BETA_HYPERPARAMETERS = {
         ">= 0",
         lambda v: v >= 0,
         "alpha_beta: beta's dual step per nat of rate above I_c (0: beta fixed)",
+    ),
+    "beta_warmup_epochs": Hyperparameter(
+        0.0,
+        ">= 0",
+        lambda v: v >= 0,
+        "epochs over which beta ramps linearly from 0 to its value (KL annealing; 0: none)",
     ),
 }
 
@@ -89,6 +97,29 @@ def with_dual_beta(update: train.Update, config) -> train.Update:
         return state.replace(variables=offset), metrics | {"beta": beta}
 
     return dual_update
+
+
+def with_beta_warmup(update: train.Update, config, steps_per_epoch: int) -> train.Update:
+    """Ramps beta linearly over the first `beta_warmup_epochs` (`update` itself when no member
+    warms up): step t (0-based) trains with beta * min(1, (t + 1) / (beta_warmup_epochs *
+    steps_per_epoch)). Outside `with_dual_beta`, whose beta it then ramps in the same way; the
+    metrics gain `beta` (the dual update's beta where both apply). Evaluation uses the full beta."""
+    if not swept_above_zero(config, "beta_warmup_epochs"):
+        return update
+
+    def warmed_up_update(state, batch, key, hparams, collectives):
+        warmup_steps = jnp.maximum(hparams["beta_warmup_epochs"] * steps_per_epoch, 1.0)
+        beta = hparams["beta"] * jnp.minimum(1.0, (state.step + 1) / warmup_steps)
+        state, metrics = update(state, batch, key, dict(hparams) | {"beta": beta}, collectives)
+        return state, {"beta": beta} | metrics
+
+    return warmed_up_update
+
+
+def with_beta_schedules(update: train.Update, config, steps_per_epoch: int) -> train.Update:
+    """`update` with the beta schedules of `BETA_SCHEDULE_HYPERPARAMETERS` that some member uses:
+    the warm-up (`with_beta_warmup`) around the dual update (`with_dual_beta`)."""
+    return with_beta_warmup(with_dual_beta(update, config), config, steps_per_epoch)
 
 
 def dual_beta_figures(records, path: Callable[[str], str]) -> list[str]:

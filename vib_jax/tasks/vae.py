@@ -46,7 +46,7 @@ HYPERPARAMETERS = {
         lambda v: v >= 0,
         "lambda: weight of MMD^2(q(z), p(z)) over the global batch (InfoVAE / MMD-VAE)",
     ),
-} | tasks.DUAL_BETA_HYPERPARAMETERS
+} | tasks.BETA_SCHEDULE_HYPERPARAMETERS
 LIKELIHOODS = ("bernoulli", "gaussian")
 MARGINALS = ("standard_normal", "mixture", "vamp")
 OBJECTIVES = ("elbo", "iwae")
@@ -251,7 +251,9 @@ def build(config, data_info: DataInfo) -> Task:
 
     return Task(
         init=init,
-        update=tasks.with_dual_beta(train.gradient_update(loss_fn, optimizer), config),
+        update=tasks.with_beta_schedules(
+            train.gradient_update(loss_fn, optimizer), config, data_info.steps_per_epoch
+        ),
         evaluate=evaluate,
         summarize=summarize,
         result_columns=RESULT_COLUMNS,

@@ -38,10 +38,10 @@ HYPERPARAMETERS = {
     "confidence_penalty": Hyperparameter(
         0.0, ">= 0", lambda v: v >= 0, "weight of -H(q(y|z)) in the loss (Pereyra et al. 2017)"
     ),
-} | tasks.DUAL_BETA_HYPERPARAMETERS
+} | tasks.BETA_SCHEDULE_HYPERPARAMETERS
 RATE_ESTIMATORS = ("closed_form", "monte_carlo")
 MARGINALS = ("standard_normal", "mixture")
-RATE_HYPERPARAMETERS = ("beta", "rate_budget", "target_rate", "beta_step_size")
+RATE_HYPERPARAMETERS = ("beta", "rate_budget", *tasks.BETA_SCHEDULE_HYPERPARAMETERS)
 RESULT_COLUMNS = tuple(
     f"{split}_{name}"
     for split, names in (
@@ -191,7 +191,9 @@ def build(config, data: DataInfo) -> Task:
 
     return Task(
         init=init,
-        update=tasks.with_dual_beta(train.gradient_update(loss_fn, optimizer), config),
+        update=tasks.with_beta_schedules(
+            train.gradient_update(loss_fn, optimizer), config, data.steps_per_epoch
+        ),
         evaluate=evaluate,
         summarize=summarize,
         result_columns=RESULT_COLUMNS,
