@@ -123,8 +123,9 @@ def with_beta_schedules(update: train.Update, config, steps_per_epoch: int) -> t
 
 
 def dual_beta_figures(records, path: Callable[[str], str]) -> list[str]:
-    """For a run with the dual update of beta (records holding `train_batches/beta`): the
-    training batches' rate (nats) and beta against epochs, one line per member; else none."""
+    """For a run whose beta moves, by the dual update or a warm-up (records holding
+    `train_batches/beta`): the training batches' rate (nats) and beta against epochs, one line per
+    member; else none."""
     if not any("train_batches/beta" in record for record in records):
         return []
     return [
