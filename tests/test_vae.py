@@ -112,7 +112,10 @@ def test_bad_config_entries_are_named(name, value, message):
 
 @pytest.mark.real_data
 @pytest.mark.usefixtures("real_mnist")
-@pytest.mark.parametrize("objective, samples", [("elbo", 1), ("iwae", 5)])
+@pytest.mark.parametrize(
+    "objective, samples",
+    [("elbo", 1), pytest.param("iwae", 5, marks=pytest.mark.slow)],  # IWAE: ~25 s more
+)
 def test_a_short_run_on_real_mnist_learns(tmp_path, objective, samples):
     config = vae_config.get_config()
     config.progress, config.objective, config.train_samples = False, objective, samples
