@@ -93,11 +93,6 @@ def other_dataset(dataset: str) -> str:
     return "fashion_mnist" if dataset == "mnist" else "mnist"
 
 
-def member_params(run: runs.Run, m: int):
-    """Member m's EMA params (unstacked)."""
-    return jax.tree_util.tree_map(lambda leaf: leaf[m], run.ema_params)
-
-
 def attack_samples(run: runs.Run, requested: int) -> int:
     """S for a member of `run`: one for a deterministic model (no noise to average)."""
     return requested if run.task.model.stochastic else 1
@@ -151,7 +146,7 @@ def robustness_rows(run: runs.Run, images, labels, label: dict) -> list[dict]:
     """One row per member, attack and epsilon: accuracy (%) under attack."""
     rows = []
     for m, member in enumerate(run.members):
-        params = member_params(run, m)
+        params = run.member_params(m)
         num_samples = attack_samples(run, _ATTACK_SAMPLES.value)
         for attack, (_, epsilons_flag) in ATTACKS.items():
             for epsilon in parse_epsilons(epsilons_flag.name, epsilons_flag.value):
@@ -203,7 +198,7 @@ def carlini_wagner_rows(run: runs.Run, images, labels, label: dict):
         batches = [
             carlini_wagner(
                 run.task.model,
-                member_params(run, m),
+                run.member_params(m),
                 images[start : start + _BATCH.value],
                 labels[start : start + _BATCH.value],
                 jax.random.key(start),

@@ -1,13 +1,17 @@
 """Tests of vib_jax.runs: a workdir written by a short real-data run loads back, and its per-example
-quantities agree with what the run itself reported."""
+quantities agree with what the run itself reported; experiments/vae_quality.py on such runs."""
 
+import csv
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from experiments import vae_quality
 from experiments.configs import smoke
 from experiments.configs import vae as vae_config
 from vib_jax import runs, sweep
@@ -53,25 +57,61 @@ def test_a_trained_sweep_round_trips(vib_run):
     np.testing.assert_allclose(errors, [r["test_error_avg"] for r in rows], atol=1.5)  # other noise
 
 
-def test_a_vae_run_loads_and_encodes_what_it_was_trained_on(tmp_path):
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
     config = vae_config.get_config()
     config.progress, config.num_epochs, config.checkpoint_every_epochs = False, 1, 1
     config.train_subset, config.test_subset, config.train_eval_size = 1000, 200, 200
-    config.nll_samples, config.nll_chunk_size = 10, 10
-    (row,) = sweep.train_and_evaluate(config, str(tmp_path))
-    run = runs.load(str(tmp_path))
+    config.nll_samples, config.nll_chunk_size, config.seeds = 10, 10, (0, 1)
+    workdir = tmp_path_factory.mktemp("vae")
+    return workdir, sweep.train_and_evaluate(config, str(workdir))
+
+
+def test_a_vae_run_loads_and_encodes_what_it_was_trained_on(vae_run):
+    workdir, rows = vae_run
+    run = runs.load(str(workdir))
     images, _ = run.split("test", subset_size=200)
-    rate_nats = float(run.rate(images).mean())
-    assert rate_nats == pytest.approx(row["test_rate_nats"], rel=1e-4)  # binarised as in evaluation
+    rate_nats = np.asarray(run.rate(images).mean(axis=1))
+    # Binarised as in evaluation: the loaded members' rates are the run's own.
+    np.testing.assert_allclose(rate_nats, [r["test_rate_nats"] for r in rows], rtol=1e-4)
     with pytest.raises(ValueError, match="predictive needs a classifier task"):
         run.predictive(images)
     # The figures come back from the workdir alone, the same files as the run wrote.
-    written = sorted(p.name for p in tmp_path.glob("*.png"))
-    for path in tmp_path.glob("*.png"):
+    written = sorted(p.name for p in workdir.glob("*.png"))
+    for path in workdir.glob("*.png"):
         path.unlink()
     rewritten = run.write_figures()
     assert written and sorted(os.path.basename(p) for p in rewritten) == written
     assert all(os.path.getsize(p) > 0 for p in rewritten)
+
+
+def test_vae_quality_judges_every_member_with_a_trained_classifier(vae_run, vib_run, tmp_path):
+    (vae_workdir, vae_rows), (judge_workdir, _, _) = vae_run, vib_run
+    with pytest.raises(ValueError, match="is not a VAE"):
+        vae_quality.load_checked([str(judge_workdir)], str(judge_workdir), 0)
+    with pytest.raises(ValueError, match=r"--classifier_member must be in \[0, 2\), got 2"):
+        vae_quality.load_checked([str(vae_workdir)], str(judge_workdir), 2)
+
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "experiments.vae_quality", f"--output={output}"]
+    command += [f"--classifier_workdir={judge_workdir}", f"--workdirs={vae_workdir}"]
+    result = subprocess.run([*command, "--num_samples=1000"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(output / "vae_quality.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["seed"]) for r in rows] == [0, 1]
+    for row, trained in zip(rows, vae_rows):
+        assert float(row["test_nll_nats"]) == pytest.approx(trained["test_nll_nats"])
+        # The means of 1000 labelled images: far above chance (10%) when the labels line up.
+        assert 50.0 < float(row["probe_accuracy"]) < 99.0
+        assert 1.0 <= float(row["classifier_score"]) <= 10.0
+    table = (output / "vae_quality.md").read_text()
+    reference = table.split("Reference:")[1].strip().splitlines()[-1].split("|")
+    real_score, real_distance = float(reference[-3]), float(reference[-2])
+    # Real test images score higher and lie nearer the test features than a 10-step VAE's samples.
+    assert all(float(r["classifier_score"]) < real_score for r in rows)
+    assert all(float(r["frechet_distance"]) > real_distance for r in rows)
+    assert table.count(" ± ") == 6  # one seed-mean row: 6 columns
 
 
 def test_bad_workdirs_are_named(tmp_path):

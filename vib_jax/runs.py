@@ -6,6 +6,7 @@
     mean, stddev = run.posterior(images)       # [M, N, K] each: q(z|x) of every member
     rate = run.rate(images)                    # [M, N] KL(q(z|x) || N(0, I)) in nats
     probs = run.predictive(images)             # [M, N, C] softmax averaged over posterior samples
+    params = run.member_params(0)              # one member's EMA params, for run.task.model.apply
     run.results, run.records                   # results.csv and metrics.jsonl as lists of dicts
     run.results_frame(), run.records_frame()   # the same as pandas DataFrames
     run.write_figures()                        # the task's figures again, e.g. after a plot change
@@ -84,6 +85,10 @@ class Run:
             test_labels=np.asarray(test_labels),
         )
         return self.task.figures(run)
+
+    def member_params(self, m: int):
+        """Member m's EMA params, unstacked (as `task.model.apply` takes them)."""
+        return jax.tree_util.tree_map(lambda leaf: leaf[m], self.ema_params)
 
     def split(self, name: str, subset_size: int | None = None) -> data.Split:
         """The `train` or `test` split of the run's dataset (all of it unless `subset_size`)."""

@@ -287,7 +287,7 @@ def result_row(train_metrics, test_metrics) -> dict:
     return row
 
 
-def _decoded_images(model, params, z) -> np.ndarray:
+def decoded_images(model, params, z) -> np.ndarray:
     """The decoder's mean image (Bernoulli probabilities, or Gaussian means clipped to [0, 1]) of
     latents `[..., K]`, as `[..., 28, 28]`."""
     outputs = model.apply(params, z, method=model.decode)
@@ -329,12 +329,12 @@ def figures(run: TrainedRun, model: models.VAE, num_columns: int = 10) -> list[s
     reconstructions, samples, interpolations, latents, components = [shown], [], [], [], []
     for params in member_params:
         means, _ = model.apply(params, inputs, method=model.encode)
-        reconstructions.append(_decoded_images(model, params, means[:num_columns]))
+        reconstructions.append(decoded_images(model, params, means[:num_columns]))
         prior_samples = marginal_samples(model, params, jax.random.key(0), num_columns)
-        samples.append(_decoded_images(model, params, prior_samples))
+        samples.append(decoded_images(model, params, prior_samples))
         for spherical in (False, True):
             path = interpolate(means[0], means[other], num_columns, spherical)
-            interpolations.append(_decoded_images(model, params, path))
+            interpolations.append(decoded_images(model, params, path))
         latents.append(np.asarray(means))
         if model.marginal != "standard_normal":
             components.append(tasks.marginal_components(model, params))
