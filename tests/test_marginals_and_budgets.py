@@ -368,3 +368,29 @@ def test_the_k2_figure_draws_the_learned_marginals_components(tmp_path):
     )
     path = vib_classifier.marginal_figure(run, task.model, str(tmp_path / "marginal_k2.png"))
     assert plt.imread(path)[..., :3].std() > 0.02
+
+
+def test_the_vae_charges_the_rate_only_above_its_budget():
+    from experiments.configs import vae
+
+    config = vae.get_config()
+    config.latent_dim, config.hidden_dims, config.batch_size = 4, (16,), 16
+    with config.sweep.unlocked():
+        config.sweep.rate_budget = (0.0, 0.5, 1e4)
+    images = jnp.clip(jax.random.normal(jax.random.key(0), (64, 12)), -1, 1)
+    task = tasks.load("vae").build(
+        config, sweep.data_info(config, images, jnp.zeros(64, jnp.int32))
+    )
+    state = task.init(jax.random.key(1))
+    batch = train.Batch(images[:16], jnp.zeros(16, jnp.int32), jnp.arange(16))
+    defaults = {n: jnp.float32(h.default) for n, h in tasks.load("vae").HYPERPARAMETERS.items()}
+    for budget in (0.0, 0.5, 1e4):
+        hparams = defaults | {"beta": jnp.float32(2.0), "rate_budget": jnp.float32(budget)}
+        _, metrics = task.update(state, batch, jax.random.key(2), hparams, train.Collectives())
+        distortion, rate = float(metrics["distortion"]), float(metrics["rate"])
+        assert rate > 0.5  # the untrained encoder's rate is above the middle budget
+        expected = distortion + 2.0 * max(rate - budget, 0.0)
+        assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
+    config.objective = "iwae"
+    with pytest.raises(ValueError, match="rate_budget .* applies to objective='elbo' only"):
+        sweep.validate_config(config)

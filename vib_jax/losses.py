@@ -577,7 +577,10 @@ def vib_loss(
 
 
 def beta_vae_loss(
-    log_likelihood: jax.Array, rate: jax.Array, beta: jax.Array | float
+    log_likelihood: jax.Array,
+    rate: jax.Array,
+    beta: jax.Array | float,
+    rate_budget: jax.Array | float | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The beta-VAE objective, VIB's unsupervised special case (y = x): distortion + beta * rate.
 
@@ -586,12 +589,14 @@ def beta_vae_loss(
         in nats (e.g. `bernoulli_log_likelihood` or `gaussian_log_prob`).
       rate: `[B]` per-example KL(q(z|x) || r(z)) in nats.
       beta: >= 0; beta = 1 gives the negative ELBO.
+      rate_budget: None, or C >= 0 nats: the hinge beta * max(rate - C, 0) on the batch-mean rate
+        (`information_penalty`).
 
     Returns:
       `(loss, metrics)`: the scalar loss in nats, and scalars `loss`, `distortion` (E[-log p(x|z)]),
       `rate`, `elbo` (-(distortion + rate), nats) and `izx_bound_bits` (I(Z;X) <= rate).
     """
-    loss, terms = bottleneck_loss(log_likelihood, rate, beta)
+    loss, terms = bottleneck_loss(log_likelihood, rate, beta, rate_budget)
     distortion, mean_rate = terms["distortion"], terms["rate"]
     metrics = dict(
         loss=loss,

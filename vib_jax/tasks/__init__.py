@@ -39,6 +39,12 @@ class Hyperparameter:
     doc: str
 
 
+# The information budget of a task whose loss weighs the batch-mean rate by beta: the hinge
+# beta * max(rate - C, 0) charges only the rate above a free C nats (`losses.information_penalty`).
+RATE_BUDGET = Hyperparameter(
+    0.0, ">= 0", lambda v: v >= 0, "C (nats): the rate is free up to C, then costs beta per nat"
+)
+
 # How beta moves during training, for a task whose update reports the batch-mean `rate` and whose
 # loss weighs it by `hparams["beta"]` (`with_beta_schedules`): the Variational Discriminator
 # Bottleneck's constraint (Peng et al. 2019, `with_dual_beta`), and a linear warm-up (KL annealing,

@@ -2,7 +2,8 @@
 
 Objective (`config.objective`):
 - "elbo": distortion + beta * rate, with S = `train_samples` posterior samples per example, the
-  closed-form KL to N(0, I) as the rate (`losses.beta_vae_loss`; beta = 1: the negative ELBO);
+  closed-form KL to N(0, I) as the rate (`losses.beta_vae_loss`; beta = 1: the negative ELBO), or
+  with a swept `rate_budget` C the hinge beta * max(rate - C, 0) on the batch-mean rate;
 - "iwae": the importance-weighted bound of Burda et al. (2016) with k = `train_samples` samples,
   log-mean-exp over the sample axis of log p(x|z) - beta * (log q(z|x) - log p(z)) (beta = 1: IWAE).
 
@@ -40,6 +41,7 @@ from vib_jax.tasks import DataInfo, Hyperparameter, Task, TrainedRun
 
 HYPERPARAMETERS = {
     "beta": Hyperparameter(1.0, ">= 0", lambda v: v >= 0, "weight of the rate; 1: the ELBO"),
+    "rate_budget": tasks.RATE_BUDGET,
     "mmd_weight": Hyperparameter(
         0.0,
         ">= 0",
@@ -81,6 +83,11 @@ def validate_config(config) -> None:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {config.likelihood!r}.")
     if config.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}.")
+    if config.objective == "iwae" and tasks.swept_above_zero(config, "rate_budget"):
+        raise ValueError(
+            "sweep.rate_budget (the hinge on the batch-mean rate) applies to objective='elbo' "
+            "only: the IWAE bound weighs each sample's log-ratio, not the mean rate."
+        )
     if config.mmd_kernel not in losses.MMD_KERNELS:
         raise ValueError(
             f"mmd_kernel must be one of {losses.MMD_KERNELS}, got {config.mmd_kernel!r}."
@@ -181,6 +188,9 @@ def build(config, data_info: DataInfo) -> Task:
         return train.init_state(params, optimizer, tasks.dual_beta_variables(config))
 
     uses_mmd = tasks.swept_above_zero(config, "mmd_weight")
+    # The hinge only where some member has a budget: max(rate, 0) would clip the rare negative
+    # batch mean of a Monte-Carlo rate, and change no number of an unbudgeted run.
+    hinged = tasks.swept_above_zero(config, "rate_budget")
 
     def mmd_to_prior(z, key, collectives):
         """MMD^2 between the global batch's posterior samples `z` `[B_local, K]` (one per example,
@@ -197,7 +207,8 @@ def build(config, data_info: DataInfo) -> Task:
             params, x, batch.example_ids, noise_key, config.train_samples, beta
         )
         if config.objective == "elbo":
-            loss, metrics = losses.beta_vae_loss(log_px, rate, beta)
+            budget = hparams["rate_budget"] if hinged else None
+            loss, metrics = losses.beta_vae_loss(log_px, rate, beta, rate_budget=budget)
         else:
             bound = jnp.mean(losses.importance_weighted_bound(weights))
             loss, metrics = (

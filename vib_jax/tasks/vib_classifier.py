@@ -26,9 +26,7 @@ from vib_jax.tasks import DataInfo, Hyperparameter, Task, TrainedRun
 
 HYPERPARAMETERS = {
     "beta": Hyperparameter(0.0, ">= 0", lambda v: v >= 0, "weight of the rate, per nat"),
-    "rate_budget": Hyperparameter(
-        0.0, ">= 0", lambda v: v >= 0, "C (nats): the rate is free up to C, then costs beta per nat"
-    ),
+    "rate_budget": tasks.RATE_BUDGET,
     "dropout": Hyperparameter(
         0.0, "in [0, 1)", lambda v: 0 <= v < 1, "dropout rate of the encoder's hidden layers"
     ),
