@@ -108,6 +108,21 @@ def information_plane(rows: Sequence[dict], path: str) -> str:
     return _save(figure, path, tight_layout=False)
 
 
+def error_against_rate(series: dict[str, Sequence[dict]], path: str) -> str:
+    """Test error (%, 12-sample average) against the test rate (bits), one line per named series of
+    classifier results rows (`results.csv`), each in order of rate: ways of setting the rate
+    (fixed beta, a hinge's budget, the dual update's target) compared at equal rates."""
+    figure = Figure(figsize=(6, 4.5))
+    axes = figure.subplots()
+    for name, rows in series.items():
+        points = sorted((r["test_izx_bits"], r["test_error_avg"]) for r in rows)
+        axes.plot(*zip(*points), marker="o", label=name)
+    axes.set(xlabel="test rate, I(Z;X) upper bound (bits)", ylabel="test error (%)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
 def member_label(record: dict, keys: Sequence[str]) -> str:
     """A short label of a sweep member from its record's values of `keys`, e.g.
     'beta=0.001 seed=1' (a string value stands alone: 'dropout_25 seed=1')."""
