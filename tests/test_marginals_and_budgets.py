@@ -154,15 +154,18 @@ def test_the_mixture_marginal_starts_near_the_standard_normal():
     target=st.floats(0, 30),
     step=st.floats(0, 1),
     beta=st.floats(0, 2),
+    beta_max=st.one_of(st.just(np.inf), st.floats(0.1, 3)),
 )
 def test_the_dual_update_of_beta_follows_its_recursion_and_is_never_negative(
-    rates, target, step, beta
+    rates, target, step, beta, beta_max
 ):
     got, want = jnp.float32(beta), np.float64(beta)
     for rate in rates:
-        got = losses.dual_beta_step(got, jnp.float32(rate), jnp.float32(target), jnp.float32(step))
-        want = max(0.0, want + step * (rate - target))
-        assert float(got) >= 0.0
+        got = losses.dual_beta_step(
+            got, jnp.float32(rate), jnp.float32(target), jnp.float32(step), jnp.float32(beta_max)
+        )
+        want = min(max(0.0, want + step * (rate - target)), beta_max)
+        assert 0.0 <= float(got) <= np.float32(beta_max)
     assert float(got) == pytest.approx(want, rel=1e-4, abs=1e-4)
 
 
@@ -193,11 +196,18 @@ def test_the_classifier_with_the_dual_update_moves_beta_by_the_rate_above_the_ta
     }
     step = jax.jit(train.make_train_step(task.update, 0.9, train.Collectives()))
     beta = 0.1
+    capped = hparams | {"beta_max": jnp.float32(0.1001)}
+    capped_state = state
     for _ in range(5):
         state, metrics = step(state, batch, jax.random.key(3), hparams)
         assert float(metrics["beta"]) == pytest.approx(beta, rel=1e-5)  # the beta of that step
         beta = max(0.0, beta + 0.01 * (float(metrics["rate"]) - 5.0))
+        capped_state, capped_metrics = step(capped_state, batch, jax.random.key(3), capped)
+        assert 0.0 <= float(capped_metrics["beta"]) <= np.float32(0.1001)
     assert float(hparams["beta"] + state.variables["beta_offset"]) == pytest.approx(beta, rel=1e-5)
+    assert beta > 0.1001  # the rate is above the target, so the uncapped beta grew past the cap
+    capped_beta = capped["beta"] + capped_state.variables["beta_offset"]
+    assert float(capped_beta) == pytest.approx(0.1001, rel=1e-5)
 
 
 def test_beta_warms_up_linearly_over_its_epochs_then_holds():

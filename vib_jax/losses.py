@@ -466,13 +466,18 @@ def information_penalty(
 
 
 def dual_beta_step(
-    beta: jax.Array, rate: jax.Array, target_rate: jax.Array, step_size: jax.Array
+    beta: jax.Array,
+    rate: jax.Array,
+    target_rate: jax.Array,
+    step_size: jax.Array,
+    beta_max: jax.Array | float = jnp.inf,
 ) -> jax.Array:
     """One dual-ascent step of the Variational Discriminator Bottleneck (Peng et al. 2019):
-    `max(0, beta + step_size * (rate - target_rate))`. Beta grows while the (batch-mean) rate is
-    above the target I_c and shrinks below it, never below 0; the constraint E[KL] <= I_c holds at
-    the fixed point. Scalars; rate and target in nats, step size in beta per nat."""
-    return jnp.maximum(beta + step_size * (rate - target_rate), 0.0)
+    `clip(beta + step_size * (rate - target_rate), 0, beta_max)`. Beta grows while the
+    (batch-mean) rate is above the target I_c and shrinks below it, never below 0 nor above
+    `beta_max` (no cap by default); the constraint E[KL] <= I_c holds at the fixed point. Scalars;
+    rate and target in nats, step size in beta per nat."""
+    return jnp.clip(beta + step_size * (rate - target_rate), 0.0, beta_max)
 
 
 def bottleneck_loss(

@@ -59,6 +59,13 @@ BETA_SCHEDULE_HYPERPARAMETERS = {
         lambda v: v >= 0,
         "alpha_beta: beta's dual step per nat of rate above I_c (0: beta fixed)",
     ),
+    "beta_max": Hyperparameter(
+        0.0,
+        ">= 0",
+        lambda v: v >= 0,
+        "the dual update's cap on beta (0: none), against its overshoot while the rate is far "
+        "above I_c",
+    ),
     "beta_warmup_epochs": Hyperparameter(
         0.0,
         ">= 0",
@@ -88,16 +95,18 @@ def dual_beta_variables(config) -> Any:
 def with_dual_beta(update: train.Update, config) -> train.Update:
     """Makes beta a state variable (`update` itself when no member uses the dual update): each step
     trains with beta_t = hparams beta + offset, then sets
-    beta_{t+1} = `losses.dual_beta_step(beta_t, rate, target_rate, beta_step_size)` from the step's
-    batch-mean rate (averaged over devices by the update). The metrics gain `beta` (beta_t)."""
+    beta_{t+1} = `losses.dual_beta_step(beta_t, rate, target_rate, beta_step_size, beta_max)` from
+    the step's batch-mean rate (averaged over devices by the update), `beta_max` 0 meaning no cap.
+    The metrics gain `beta` (beta_t)."""
     if not uses_dual_beta(config):
         return update
 
     def dual_update(state, batch, key, hparams, collectives):
         beta = hparams["beta"] + state.variables["beta_offset"]
         state, metrics = update(state, batch, key, dict(hparams) | {"beta": beta}, collectives)
+        cap = jnp.where(hparams["beta_max"] > 0, hparams["beta_max"], jnp.inf)
         next_beta = losses.dual_beta_step(
-            beta, metrics["rate"], hparams["target_rate"], hparams["beta_step_size"]
+            beta, metrics["rate"], hparams["target_rate"], hparams["beta_step_size"], cap
         )
         offset = {"beta_offset": next_beta - hparams["beta"]}
         return state.replace(variables=offset), metrics | {"beta": beta}
