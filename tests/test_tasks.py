@@ -37,7 +37,7 @@ def test_load_finds_package_tasks_and_dotted_paths():
         (
             {"lambda": (1.0,)},
             "sweep.lambda is not a hyperparameter of this task; "
-            "it has beta: weight of the rate, per nat; beta_step_size: alpha_beta",
+            "it has beta: weight of the rate, per nat; beta_max: the dual update's cap",
         ),
     ],
 )
