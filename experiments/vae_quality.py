@@ -54,12 +54,28 @@ RESULT_COLUMNS = (
 _REFERENCE_TRAIN_IMAGES = 10000
 
 
-def classifier_judgement(judge: runs.Run, member: int, images) -> tuple[np.ndarray, np.ndarray]:
-    """The judge's `(predictive [N, C], features [N, K])` for images `[N, D]` in [-1, 1]: its
-    softmax averaged over 12 posterior samples, and its encoder means."""
-    probs = judge.predictive(images)[member]
-    features = judge.posterior(images)[0][member]
-    return np.asarray(probs), np.asarray(features)
+def classifier_judgement(judge: runs.Run, images) -> tuple[np.ndarray, np.ndarray]:
+    """The one-member judge's `(predictive [N, C], features [N, K])` for images `[N, D]` in
+    [-1, 1]: its softmax averaged over 12 posterior samples, and its encoder means."""
+    return np.asarray(judge.predictive(images)[0]), np.asarray(judge.posterior(images)[0][0])
+
+
+def results_by_member(members, results) -> list[dict]:
+    """`results` (results.csv rows) in the order of `members`, each matched on the seed and every
+    hyperparameter the row records (a row of an older run may lack the newer ones).
+
+    Raises:
+      ValueError: a member has no row, or more than one.
+    """
+    ordered = []
+    for member in members:
+        matches = [
+            row for row in results if all(row[k] == v for k, v in member.items() if k in row)
+        ]
+        if len(matches) != 1:
+            raise ValueError(f"results.csv has {len(matches)} rows for member {member}, not 1.")
+        ordered.append(matches[0])
+    return ordered
 
 
 def sampled_images(run: runs.Run, m: int, num_samples: int, seed: int) -> jax.Array:
@@ -78,10 +94,10 @@ def member_rows(run: runs.Run, judge: runs.Run, label: dict, reference) -> list[
     test_means = np.asarray(run.posterior(test_images)[0])
     _, test_features = reference
     rows = []
-    for m, (member, result) in enumerate(zip(run.members, run.results, strict=True)):
-        assert result["seed"] == member["seed"], "results.csv rows follow the members' order"
+    results = results_by_member(run.members, run.results)
+    for m, (member, result) in enumerate(zip(run.members, results)):
         images = sampled_images(run, m, _NUM_SAMPLES.value, seed=member["seed"])
-        probs, features = classifier_judgement(judge, _CLASSIFIER_MEMBER.value, images)
+        probs, features = classifier_judgement(judge, images)
         rows.append(
             label
             | member
@@ -99,12 +115,27 @@ def member_rows(run: runs.Run, judge: runs.Run, label: dict, reference) -> list[
     return rows
 
 
+def model_label(workdir: str) -> str:
+    """A workdir's name in the tables: its last folder's name."""
+    return os.path.basename(os.path.normpath(workdir))
+
+
 def load_checked(
     workdirs, classifier_workdir, classifier_member
 ) -> tuple[list[runs.Run], runs.Run]:
-    """The VAE runs and the judge, after checking all of them (nothing computed before all pass)."""
-    loaded = [runs.load(w) for w in workdirs]
+    """The VAE runs and the judge (restricted to its member `classifier_member`), after checking
+    all of them, the judge first (nothing computed before all pass)."""
     judge = runs.load(classifier_workdir)
+    if not hasattr(judge.task.model, "num_classes"):
+        raise ValueError(f"--classifier_workdir {classifier_workdir} is not a classifier.")
+    if not 0 <= classifier_member < len(judge.members):
+        raise ValueError(
+            f"--classifier_member must be in [0, {len(judge.members)}), got {classifier_member}."
+        )
+    labels = [model_label(w) for w in workdirs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--workdirs must end in different folder names, got {labels}.")
+    loaded = [runs.load(w) for w in workdirs]
     for run in loaded:
         if run.config.task != "vae":
             raise ValueError(f"--workdirs: {run.workdir} is not a VAE ({run.config.task}).")
@@ -115,13 +146,7 @@ def load_checked(
                 f"--classifier_workdir is of {judge.config.dataset}, but {run.workdir} of "
                 f"{run.config.dataset}: they must share one dataset."
             )
-    if not hasattr(judge.task.model, "num_classes"):
-        raise ValueError(f"--classifier_workdir {classifier_workdir} is not a classifier.")
-    if not 0 <= classifier_member < len(judge.members):
-        raise ValueError(
-            f"--classifier_member must be in [0, {len(judge.members)}), got {classifier_member}."
-        )
-    return loaded, judge
+    return loaded, judge.select(classifier_member)
 
 
 def main(argv) -> None:
@@ -135,9 +160,9 @@ def main(argv) -> None:
     os.makedirs(_OUTPUT.value, exist_ok=True)
 
     test_images, _ = judge.split("test", judge.config.test_subset or None)
-    reference = classifier_judgement(judge, _CLASSIFIER_MEMBER.value, test_images)
+    reference = classifier_judgement(judge, test_images)
     train_images, _ = judge.split("train", judge.config.train_subset or _REFERENCE_TRAIN_IMAGES)
-    _, train_features = classifier_judgement(judge, _CLASSIFIER_MEMBER.value, train_images)
+    _, train_features = classifier_judgement(judge, train_images)
     reference_row = {
         "model": "test images",
         "classifier_score": sample_quality.classifier_score(reference[0]),
@@ -145,7 +170,7 @@ def main(argv) -> None:
     }
     rows = []
     for run in loaded:
-        rows += member_rows(run, judge, {"model": os.path.basename(run.workdir)}, reference)
+        rows += member_rows(run, judge, {"model": model_label(run.workdir)}, reference)
 
     hyperparameters = [k for k in rows[0] if k not in ("model", "seed", *RESULT_COLUMNS)]
     group = ["model", *metrics.varying_keys(rows, hyperparameters)]
@@ -158,8 +183,8 @@ def main(argv) -> None:
             f"samples per member; probe fitted to {_PROBE_LABELS.value} labelled training images.",
             metrics.markdown_summary(summary, group, RESULT_COLUMNS),
             metrics.markdown_table(rows, columns),
-            "Reference: "
-            + metrics.markdown_table([reference_row], ["model", *RESULT_COLUMNS[-2:]]),
+            "Reference:",
+            metrics.markdown_table([reference_row], ["model", *RESULT_COLUMNS[-2:]]),
         ]
     )
     metrics.write_text(os.path.join(_OUTPUT.value, "vae_quality.md"), text + "\n")

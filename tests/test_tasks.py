@@ -35,6 +35,14 @@ def test_load_finds_package_tasks_and_dotted_paths():
             "sweep.confidence_penalty values must be finite and >= 0",
         ),
         (
+            {"beta_max": (0.5,), "beta_step_size": (0.0, 1e-3)},
+            r"every member needs sweep.beta_step_size > 0 with it",
+        ),
+        (
+            {"beta_max": (0.5,), "beta_step_size": (1e-3,), "beta": (1e-3, 1.0)},
+            "beta_max must be >= every member's starting beta, got beta_max 0.5 below beta 1.0",
+        ),
+        (
             {"lambda": (1.0,)},
             "sweep.lambda is not a hyperparameter of this task; "
             "it has beta: weight of the rate, per nat; beta_max: the dual update's cap",

@@ -87,8 +87,15 @@ class Run:
         return self.task.figures(run)
 
     def member_params(self, m: int):
-        """Member m's EMA params, unstacked (as `task.model.apply` takes them)."""
-        return jax.tree_util.tree_map(lambda leaf: leaf[m], self.ema_params)
+        """Member m's EMA params, unstacked (as `task.model.apply` takes them); IndexError naming
+        m when the run has no member m."""
+        return tasks.member_params(self.ema_params, m, len(self.members))
+
+    def select(self, m: int) -> Run:
+        """The run restricted to its member m (a sweep of one), e.g. to evaluate one model; its
+        `results` and `records` are still the workdir's, every member's."""
+        params = jax.tree_util.tree_map(lambda leaf: leaf[None], self.member_params(m))
+        return dataclasses.replace(self, members=[self.members[m]], ema_params=params)
 
     def split(self, name: str, subset_size: int | None = None) -> data.Split:
         """The `train` or `test` split of the run's dataset (all of it unless `subset_size`)."""

@@ -172,6 +172,17 @@ class DataInfo(NamedTuple):
     steps_per_epoch: int
 
 
+def member_params(stacked: Any, m: int, num_members: int) -> Any:
+    """Member m's params from a pytree stacked along a leading axis of `num_members` members.
+
+    Raises:
+      IndexError: m is not in [0, num_members) (JAX would clamp the index, not raise).
+    """
+    if not 0 <= m < num_members:
+        raise IndexError(f"member m must be in [0, {num_members}), got {m}.")
+    return jax.tree_util.tree_map(lambda leaf: leaf[m], stacked)
+
+
 class TrainedRun(NamedTuple):
     """A finished sweep, as figures need it (host arrays).
 
@@ -188,6 +199,10 @@ class TrainedRun(NamedTuple):
     ema_params: Any
     test_images: np.ndarray
     test_labels: np.ndarray
+
+    def member_params(self, m: int) -> Any:
+        """Member m's EMA params, unstacked."""
+        return member_params(self.ema_params, m, len(self.members))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,3 +304,26 @@ def check_hyperparameters(module: ModuleType, sweep: Mapping[str, Sequence[float
             raise ValueError(f"sweep.{name} values must be finite and {spec.allowed}, got {bad}.")
         if len(set(values)) != len(values):
             raise ValueError(f"sweep.{name} must be free of duplicates, got {values!r}.")
+    if "beta_max" in known:
+        check_beta_cap(known, sweep)
+
+
+def check_beta_cap(known: Mapping[str, Hyperparameter], sweep: Mapping[str, Sequence[float]]):
+    """Raises ValueError when a swept cap `beta_max` > 0 would meet a member without the dual
+    update (`beta_step_size` 0, which the cap does not act on) or a starting beta above it (the
+    first steps would train above the cap). `known`: the task's hyperparameters (their defaults)."""
+    caps = [v for v in sweep.get("beta_max", ()) if v > 0]
+    if not caps:
+        return
+    step_sizes = sweep.get("beta_step_size", (known["beta_step_size"].default,))
+    if min(step_sizes) <= 0:
+        raise ValueError(
+            "sweep.beta_max caps the dual update's beta: every member needs sweep.beta_step_size "
+            f"> 0 with it, got beta_step_size {tuple(step_sizes)}."
+        )
+    betas = sweep.get("beta", (known["beta"].default,))
+    if max(betas) > min(caps):
+        raise ValueError(
+            f"sweep.beta_max must be >= every member's starting beta, got beta_max {min(caps)} "
+            f"below beta {max(betas)}."
+        )

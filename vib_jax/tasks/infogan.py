@@ -367,7 +367,7 @@ def figures(run: TrainedRun, model: models.InfoGAN, num_classes: int) -> list[st
         ),
     ]
     for m, member in enumerate(run.members):
-        variables = jax.tree_util.tree_map(lambda leaf, m=m: leaf[m], run.ema_params)
+        variables = run.member_params(m)
         counts = code_label_counts(model, variables, run.test_images, run.test_labels, num_classes)
         mapping = code_to_label(counts)
         order = np.argsort(np.where(mapping < 0, num_classes + np.arange(len(mapping)), mapping))

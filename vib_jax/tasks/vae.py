@@ -328,10 +328,7 @@ def figures(run: TrainedRun, model: models.VAE, num_columns: int = 10) -> list[s
     (with a learned marginal's components as 95% ellipses)."""
     varying = metrics.varying_keys(run.members)
     labels = [plots.member_label(m, varying) or "model" for m in run.members]
-    member_params = [
-        jax.tree_util.tree_map(lambda leaf, m=m: leaf[m], run.ema_params)
-        for m in range(len(labels))
-    ]
+    member_params = [run.member_params(m) for m in range(len(labels))]
     ids = jnp.arange(run.test_images.shape[0], dtype=jnp.int32)
     inputs = evaluation_inputs(jnp.asarray(run.test_images), ids, model.likelihood)
     shown = np.asarray(inputs[:num_columns]).reshape(-1, *data.IMAGE_SHAPE)

@@ -247,7 +247,7 @@ def posterior_figure(run: TrainedRun, model, path: str, num_images: int = 1000) 
     for m, member in enumerate(run.members):
         if member["seed"] != run.members[0]["seed"]:
             continue
-        params = jax.tree_util.tree_map(lambda leaf, m=m: leaf[m], run.ema_params)
+        params = run.member_params(m)
         mean, scale = model.apply(params, images, method=model.encode)
         cov = np.asarray(covariance(mean, scale))
         stddevs = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
@@ -268,7 +268,7 @@ def marginal_figure(run: TrainedRun, model, path: str, num_images: int = 2000) -
     images = jnp.asarray(run.test_images[:num_images])
     latents, components, titles = [], [], []
     for m, member in enumerate(run.members):
-        params = jax.tree_util.tree_map(lambda leaf, m=m: leaf[m], run.ema_params)
+        params = run.member_params(m)
         latents.append(np.asarray(model.apply(params, images, method=model.encode)[0]))
         components.append(tasks.marginal_components(model, params))
         titles.append(f"seed {member['seed']}, beta = {member['beta']:g}")
