@@ -24,8 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.marginal_components = 10
     # The sweep: every seed times the product of the lists below, all trained in one program. Any
     # hyperparameter of the task may get a list (vib_classifier: beta, rate_budget, dropout,
-    # label_smoothing, confidence_penalty, and the VDB's target_rate and beta_step_size: with a
-    # step size > 0, beta follows the dual update and holds the rate at target_rate).
+    # label_smoothing, confidence_penalty, the VDB's target_rate, beta_step_size and beta_max:
+    # with a step size > 0, beta follows the dual update and holds the rate at target_rate, and
+    # beta_warmup_epochs).
     config.seeds = (0,)
     config.sweep = ml_collections.ConfigDict({"beta": (1e-3,)})
     config.train_samples = 1
