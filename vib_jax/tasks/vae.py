@@ -188,8 +188,9 @@ def build(config, data_info: DataInfo) -> Task:
         return train.init_state(params, optimizer, tasks.dual_beta_variables(config))
 
     uses_mmd = tasks.swept_above_zero(config, "mmd_weight")
-    # The hinge only where some member has a budget: max(rate, 0) would clip the rare negative
-    # batch mean of a Monte-Carlo rate, and change no number of an unbudgeted run.
+    # The hinge only where some member has a budget, so that an unbudgeted run's loss stays
+    # beta * rate exactly (a Monte-Carlo rate's rare negative batch mean unclipped); in a budget
+    # sweep the C = 0 members are clipped at 0, as every member of the classifier is.
     hinged = tasks.swept_above_zero(config, "rate_budget")
 
     def mmd_to_prior(z, key, collectives):
