@@ -60,24 +60,6 @@ def classifier_judgement(judge: runs.Run, images) -> tuple[np.ndarray, np.ndarra
     return np.asarray(judge.predictive(images)[0]), np.asarray(judge.posterior(images)[0][0])
 
 
-def results_by_member(members, results) -> list[dict]:
-    """`results` (results.csv rows) in the order of `members`, each matched on the seed and every
-    hyperparameter the row records (a row of an older run may lack the newer ones).
-
-    Raises:
-      ValueError: a member has no row, or more than one.
-    """
-    ordered = []
-    for member in members:
-        matches = [
-            row for row in results if all(row[k] == v for k, v in member.items() if k in row)
-        ]
-        if len(matches) != 1:
-            raise ValueError(f"results.csv has {len(matches)} rows for member {member}, not 1.")
-        ordered.append(matches[0])
-    return ordered
-
-
 def sampled_images(run: runs.Run, m: int, num_samples: int, seed: int) -> jax.Array:
     """`[N, D]` decoded draws of member m's marginal r(z), mapped to the classifier's [-1, 1]."""
     params = run.member_params(m)
@@ -94,8 +76,7 @@ def member_rows(run: runs.Run, judge: runs.Run, label: dict, reference) -> list[
     test_means = np.asarray(run.posterior(test_images)[0])
     _, test_features = reference
     rows = []
-    results = results_by_member(run.members, run.results)
-    for m, (member, result) in enumerate(zip(run.members, results)):
+    for m, (member, result) in enumerate(zip(run.members, run.member_results)):
         images = sampled_images(run, m, _NUM_SAMPLES.value, seed=member["seed"])
         probs, features = classifier_judgement(judge, images)
         rows.append(

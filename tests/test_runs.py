@@ -5,13 +5,13 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from experiments import vae_quality
 from experiments.configs import smoke
 from experiments.configs import vae as vae_config
 from vib_jax import runs, sweep
@@ -87,16 +87,17 @@ def test_a_vae_run_loads_and_encodes_what_it_was_trained_on(vae_run):
 
 def test_vae_quality_judges_every_member_with_a_trained_classifier(vae_run, vib_run, tmp_path):
     (vae_workdir, vae_rows), (judge_workdir, _, _) = vae_run, vib_run
-    with pytest.raises(ValueError, match="is not a VAE"):
-        vae_quality.load_checked([str(judge_workdir)], str(judge_workdir), 0)
-    with pytest.raises(ValueError, match=r"--classifier_member must be in \[0, 2\), got 2"):
-        vae_quality.load_checked([str(vae_workdir)], str(judge_workdir), 2)
-
     # Results rows are matched to members by their seed and hyperparameters, not by position.
     run = runs.load(str(vae_workdir))
-    assert vae_quality.results_by_member(run.members, run.results[::-1]) == run.results
+    with open(vae_workdir / "results.csv") as handle:
+        lines = handle.read().splitlines()
+    swapped = tmp_path / "swapped"
+    shutil.copytree(vae_workdir, swapped)
+    (swapped / "results.csv").write_text("\n".join([lines[0], *lines[:0:-1]]) + "\n")
+    assert runs.load(str(swapped)).member_results == run.member_results == run.results
+    (swapped / "results.csv").write_text("\n".join(lines[:2]) + "\n")
     with pytest.raises(ValueError, match="has 0 rows for member"):
-        vae_quality.results_by_member(run.members, run.results[:1])
+        _ = runs.load(str(swapped)).member_results
     with pytest.raises(IndexError, match=r"member m must be in \[0, 2\), got 2"):
         run.member_params(2)
     one, images = run.select(1), run.split("test", 50).images
@@ -106,6 +107,11 @@ def test_vae_quality_judges_every_member_with_a_trained_classifier(vae_run, vib_
     output = tmp_path / "out"
     command = [sys.executable, "-m", "experiments.vae_quality", f"--output={output}"]
     command += [f"--classifier_workdir={judge_workdir}", f"--workdirs={vae_workdir}"]
+    refused = subprocess.run([*command, "--classifier_member=2"], capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert "--classifier_member must be in [0, 2), got 2" in refused.stderr
+    assert not output.exists()  # refused before any output
+
     result = subprocess.run([*command, "--num_samples=1000"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(output / "vae_quality.csv") as handle:

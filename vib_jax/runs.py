@@ -7,6 +7,7 @@
     rate = run.rate(images)                    # [M, N] KL(q(z|x) || N(0, I)) in nats
     probs = run.predictive(images)             # [M, N, C] softmax averaged over posterior samples
     params = run.member_params(0)              # one member's EMA params, for run.task.model.apply
+    run.member_results                         # results.csv's rows in the members' order
     run.results, run.records                   # results.csv and metrics.jsonl as lists of dicts
     run.results_frame(), run.records_frame()   # the same as pandas DataFrames
     run.write_figures()                        # the task's figures again, e.g. after a plot change
@@ -62,6 +63,26 @@ class Run:
     def records(self) -> list[dict]:
         """`metrics.jsonl`: one record per epoch and member."""
         return metrics.read_jsonl(os.path.join(self.workdir, "metrics.jsonl"))
+
+    @property
+    def member_results(self) -> list[dict[str, float]]:
+        """`results` in the order of `members`, each row matched on the seed and every
+        hyperparameter it records (a row of an older run may lack the newer ones); empty before
+        the run finished.
+
+        Raises:
+          ValueError: the workdir's results.csv has no row, or several, for a member.
+        """
+        results = self.results
+        if not results:
+            return []
+        ordered = []
+        for member in self.members:
+            matches = [r for r in results if all(r[k] == v for k, v in member.items() if k in r)]
+            if len(matches) != 1:
+                raise ValueError(f"results.csv has {len(matches)} rows for member {member}, not 1.")
+            ordered.append(matches[0])
+        return ordered
 
     def results_frame(self):
         """`results` as a pandas DataFrame."""
