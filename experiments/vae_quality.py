@@ -120,7 +120,7 @@ def load_checked(
     for run in loaded:
         if run.config.task != "vae":
             raise ValueError(f"--workdirs: {run.workdir} is not a VAE ({run.config.task}).")
-        if not run.results:
+        if not run.member_results:  # also refuses rows that do not match the members
             raise ValueError(f"--workdirs: {run.workdir} has not finished (no results.csv).")
         if run.config.dataset != judge.config.dataset:
             raise ValueError(
