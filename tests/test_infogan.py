@@ -124,6 +124,7 @@ def small_config():
         ("noise_dim", 0, "noise_dim must be an integer >= 1"),
         ("channels", (4,), "channels must be two widths"),
         ("generator_learning_rate", 0.0, "generator_learning_rate must be > 0"),
+        ("player_updates", "both", "player_updates must be one of"),
     ],
 )
 def test_bad_infogan_config_is_named(name, value, message):
@@ -166,24 +167,10 @@ def test_an_epoch_on_mnist_moves_the_code_error_well_below_chance(tmp_path):
     assert rows[0]["test_info_categorical_bits"] > 3.0, rows  # of log2 10 = 3.32
 
 
-def test_each_player_follows_the_gradient_of_its_own_loss_alone():
-    """With SGD at lr 1, each player's step is minus the gradient of its own loss, the other
-    player's params held fixed: D and Q by -log D(x) - log(1 - D(G)) - L_I, G by -log D(G) - L_I
-    (lambda = 0.5 and 2 here). Every weight moves; the evaluation reduces to scalars."""
-    config = small_config()
-    config.optimizer, config.learning_rate, config.generator_learning_rate = "sgd", 1.0, 1.0
-    task = infogan.build(config, tasks.DataInfo(64, 784, 10, math.log(10), 8))
-    state = jax.jit(task.init)(jax.random.key(0))
-    images = jnp.tanh(jax.random.normal(jax.random.key(1), (8, 784)))
-    batch = train.Batch(images, jnp.arange(8) % 10, jnp.arange(8))
-    hparams = {"info_weight": 0.5, "continuous_info_weight": 2.0}
-    key = jax.random.key(2)
-    new, metrics = jax.jit(lambda *args: task.update(*args, train.Collectives()))(
-        state, batch, key, hparams
-    )
-
-    model, variables = task.model, state.params
-    latents = infogan.sample_generator_latents(key, batch.example_ids, 6, 10, 2)
+def reference_gradients(model, variables, images, latents, weights):
+    """Each player's gradient of its own loss, written out from the paper: D and Q's of
+    -log D(x) - log(1 - D(G)) - L_I with G fixed, G's of -log D(G) - L_I with D and Q fixed.
+    `weights`: (lambda of the categorical code, of the continuous codes)."""
     inputs = infogan.generator_inputs(latents, 10)
 
     def run(params, x, method):
@@ -198,7 +185,7 @@ def test_each_player_follows_the_gradient_of_its_own_loss_alone():
 
     def information(outputs):
         categorical, continuous = infogan.code_information_bounds(outputs, latents)
-        return jnp.mean(0.5 * categorical + 2.0 * continuous)
+        return jnp.mean(weights[0] * categorical + weights[1] * continuous)
 
     def d_loss(d_params, fake):
         params = variables["params"] | {"discriminator": d_params}
@@ -212,42 +199,89 @@ def test_each_player_follows_the_gradient_of_its_own_loss_alone():
         fake_out = run(params, run(params, inputs, model.generate), model.discriminate)
         return jnp.mean(losses.generator_loss(fake_out.logits)) - information(fake_out)
 
-    @jax.jit
-    def expected_gradients(params):
-        fake = run(params, inputs, model.generate)
-        return {
-            "discriminator": jax.grad(d_loss)(params["discriminator"], fake),
-            "generator": jax.grad(g_loss)(params["generator"]),
-        }
+    params = variables["params"]
+    fake = run(params, inputs, model.generate)
+    return {
+        "discriminator": jax.grad(d_loss)(params["discriminator"], fake),
+        "generator": jax.grad(g_loss)(params["generator"]),
+    }
 
-    for player, gradient in expected_gradients(variables["params"]).items():
-        steps = jax.tree_util.tree_map(
-            lambda old, new: old - new, variables["params"][player], new.params["params"][player]
-        )
+
+def assert_steps_are_minus(gradients, old, new):
+    """Every weight of each player moved by minus its gradient (SGD at lr 1)."""
+    for player, gradient in gradients.items():
+        steps = jax.tree_util.tree_map(lambda a, b: a - b, old[player], new[player])
         for step, grad in zip(
             jax.tree_util.tree_leaves(steps), jax.tree_util.tree_leaves(gradient)
         ):
             np.testing.assert_allclose(step, grad, rtol=1e-4, atol=1e-6)
             assert np.any(step != 0)
 
-    # The batch-norm averages are set by the forward passes, not by the optimizers: G's by its
-    # batch, D's (and Q's) by the data's alone.
-    def statistics_after(stats, inputs, method):
-        variables_now = {"params": variables["params"], "batch_stats": stats}
-        _, updated = model.apply(
-            variables_now, inputs, True, method=method, mutable=["batch_stats"]
-        )
-        return updated["batch_stats"]
 
-    expected_stats = statistics_after(variables["batch_stats"], inputs, model.generate)
-    expected_stats = statistics_after(expected_stats, images, model.discriminate)
-    for got, want, old in zip(
-        jax.tree_util.tree_leaves(new.params["batch_stats"]),
-        jax.tree_util.tree_leaves(expected_stats),
-        jax.tree_util.tree_leaves(variables["batch_stats"]),
+def statistics_after(model, variables, passes):
+    """The batch-norm averages after training-mode forward passes of `variables["params"]` over
+    `passes`, a list of `(inputs, method)`: G's for `model.generate`, D's for None."""
+    stats = variables["batch_stats"]
+    for inputs, method in passes:
+        _, updated = model.apply(
+            {"params": variables["params"], "batch_stats": stats},
+            inputs,
+            True,
+            method=method or model.discriminate,
+            mutable=["batch_stats"],
+        )
+        stats = updated["batch_stats"]
+    return stats
+
+
+def assert_statistics_are(expected, old, new):
+    """Every batch-norm average of `new` is `expected`'s, and moved from `old`'s."""
+    for got, want, before in zip(
+        jax.tree_util.tree_leaves(new["batch_stats"]),
+        jax.tree_util.tree_leaves(expected),
+        jax.tree_util.tree_leaves(old["batch_stats"]),
     ):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-        assert np.any(got != old)
+        assert np.any(got != before)
+
+
+def one_step(config, key):
+    """A tiny InfoGAN's state before and after one `task.update` on 8 random images, with the
+    metrics; and the task, the batch and the hparams (lambda = 0.5 and 2)."""
+    task = infogan.build(config, tasks.DataInfo(64, 784, 10, math.log(10), 8))
+    state = jax.jit(task.init)(jax.random.key(0))
+    images = jnp.tanh(jax.random.normal(jax.random.key(1), (8, 784)))
+    batch = train.Batch(images, jnp.arange(8) % 10, jnp.arange(8))
+    hparams = {"info_weight": 0.5, "continuous_info_weight": 2.0}
+    new, metrics = jax.jit(lambda *args: task.update(*args, train.Collectives()))(
+        state, batch, key, hparams
+    )
+    return task, batch, hparams, state, new, metrics
+
+
+def latents_of(key, batch):
+    return infogan.sample_generator_latents(key, batch.example_ids, 6, 10, 2)
+
+
+def test_each_player_follows_the_gradient_of_its_own_loss_alone():
+    """With SGD at lr 1, each player's step is minus the gradient of its own loss, the other
+    player's params held fixed (`reference_gradients`). Every weight moves; the evaluation reduces
+    to scalars."""
+    config = small_config()
+    config.optimizer, config.learning_rate, config.generator_learning_rate = "sgd", 1.0, 1.0
+    key = jax.random.key(2)
+    task, batch, hparams, state, new, metrics = one_step(config, key)
+    model, variables, images = task.model, state.params, batch.images
+    inputs = infogan.generator_inputs(latents_of(key, batch), 10)
+    gradients = jax.jit(reference_gradients, static_argnums=0)(
+        model, variables, images, latents_of(key, batch), (0.5, 2.0)
+    )
+    assert_steps_are_minus(gradients, variables["params"], new.params["params"])
+
+    # The batch-norm averages are set by the forward passes, not by the optimizers: G's by its
+    # batch, D's (and Q's) by the data's alone.
+    expected = statistics_after(model, variables, [(inputs, model.generate), (images, None)])
+    assert_statistics_are(expected, variables, new.params)
     assert 0 < metrics["real_probability"] < 1 and metrics["info_categorical"] <= math.log(10)
 
     evaluation = jax.jit(train.make_evaluate(task.evaluate, task.summarize, train.Collectives()))
@@ -256,6 +290,55 @@ def test_each_player_follows_the_gradient_of_its_own_loss_alone():
     assert set(result) >= {"code_error", "info_categorical_bits", "real_probability"}
     assert all(np.ndim(value) == 0 for value in result.values())
     assert 0 <= result["code_error"] <= 1 - 1 / 10 + 1e-6  # never worse than one matched code
+
+
+def test_alternating_updates_step_d_then_g_against_the_new_d():
+    """The official code's step: D and Q by minus their gradient on latents from split(key)[0];
+    then G by minus its gradient on fresh latents from split(key)[1], against the D and Q just
+    updated (SGD at lr 1). With Adam, each player's optimizer counts one step: the other's step
+    does not advance it."""
+    config = small_config()
+    config.player_updates = "alternating"
+    config.optimizer, config.learning_rate, config.generator_learning_rate = "sgd", 1.0, 1.0
+    key = jax.random.key(2)
+    d_key, g_key = jax.random.split(key)
+    task, batch, _, state, new, metrics = one_step(config, key)
+    model, variables = task.model, state.params
+    gradients_of = jax.jit(reference_gradients, static_argnums=0)
+    d_gradient = gradients_of(model, variables, batch.images, latents_of(d_key, batch), (0.5, 2.0))
+    stepped_d = jax.tree_util.tree_map(
+        lambda p, g: p - g, variables["params"]["discriminator"], d_gradient["discriminator"]
+    )
+    after_d = variables | {"params": variables["params"] | {"discriminator": stepped_d}}
+    gradients = {
+        "discriminator": d_gradient["discriminator"],
+        "generator": gradients_of(
+            model, after_d, batch.images, latents_of(g_key, batch), (0.5, 2.0)
+        )["generator"],
+    }
+    assert_steps_are_minus(gradients, variables["params"], new.params["params"])
+    # The G step against the old D (or on the D step's latents) would be another step.
+    for other in (variables, after_d):
+        stale = gradients_of(model, other, batch.images, latents_of(d_key, batch), (0.5, 2.0))
+        assert not np.allclose(
+            jax.tree_util.tree_leaves(stale["generator"])[0],
+            jax.tree_util.tree_leaves(gradients["generator"])[0],
+            rtol=1e-3,
+        )
+    assert 0 < metrics["real_probability"] < 1 and metrics["generator_loss"] > 0
+    # D's averages are its step's data batch's; G's moved on both steps' latents.
+    inputs = [infogan.generator_inputs(latents_of(k, batch), 10) for k in (d_key, g_key)]
+    passes = [(inputs[0], model.generate), (inputs[1], model.generate), (batch.images, None)]
+    assert_statistics_are(statistics_after(model, variables, passes), variables, new.params)
+
+    config.optimizer = "adam"
+    new = one_step(config, key)[4]
+    counts = [
+        leaf
+        for leaf in jax.tree_util.tree_leaves(new.opt_state)
+        if jnp.issubdtype(leaf.dtype, jnp.integer)
+    ]
+    assert len(counts) >= 2 and all(int(count) == 1 for count in counts)
 
 
 def test_figures_order_the_rows_by_the_matched_digit(tmp_path):

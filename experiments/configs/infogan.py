@@ -1,7 +1,8 @@
 """InfoGAN on MNIST (Chen et al. 2016, Sec. 7.1 and Appendix C.1, with the official code's
 hyperparameters): noise of 62, one categorical code of 10 and two continuous codes, lambda = 1,
-Adam b1 = 0.5 with lr 2e-4 (discriminator and Q) and 1e-3 (generator), constant. Unlike the
-official code, both players update at once (see `vib_jax.tasks.infogan`).
+Adam b1 = 0.5 with lr 2e-4 (discriminator and Q) and 1e-3 (generator), constant. Both players
+update at once; `--config.player_updates=alternating` steps them in turn as the official code
+does (see `vib_jax.tasks.infogan`).
 
 The official code trains 50 "epochs" of 100 updates of 128 images (5,000 updates); we use batches
 of 100 (600 updates per MNIST epoch). `--seeds=0:5` trains five seeds in one program.
@@ -31,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.generator_learning_rate = 1e-3
     config.lr_decay_rate = 1.0
     config.adam_b1 = 0.5
+    config.player_updates = "simultaneous"
     # No EMA (the official code has none): the evaluated weights are the trained ones, with the
     # batch-norm averages gathered under them.
     config.ema_decay = 0.0

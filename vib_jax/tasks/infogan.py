@@ -4,23 +4,24 @@ images, read back by a recognition network Q that shares the discriminator's bod
 
 Latents per generated image: noise ~ Uniform[-1, 1]^`noise_dim`, a categorical code
 c ~ Uniform{0..`categorical_dim`-1} and `continuous_dim` codes ~ Uniform[-1, 1] (the paper's MNIST
-set-up: 62, 10 and 2; the official code's uniform noise). Objectives, with simultaneous updates (one
-gradient of the sum of both players' losses, each player's loss seeing the other's params as
-constants; the official code alternates a D step and a G step on fresh latents, which costs one
-more generator pass per step):
+set-up: 62, 10 and 2; the official code's uniform noise). Objectives:
 
 - discriminator and Q: `-log D(x) - log(1 - D(G(z, c))) - lambda L_I`;
 - generator: the non-saturating `-log D(G(z, c)) - lambda L_I`;
 
 with L_I = `info_weight` * (log Q(c | x) + log C) + `continuous_info_weight` * (log N(c_cont;
-Q's means, 1) + K_c log 2) on the generated batch (`losses.categorical_information_bound`,
+Q's means, 1) + K_c log 2) on a generated batch (`losses.categorical_information_bound`,
 `losses.uniform_code_information_bound`; Q's continuous stddev fixed at 1 as the official code's
 `fix_std`; so the continuous part is at most K_c (log 2 - log(2 pi) / 2), -0.33 bits per code: a
 training signal, not a number to compare with K_c bits). Adam with b1 = 0.5; the discriminator at
 `learning_rate`, the generator at `generator_learning_rate` (the official code: 2e-4 and 1e-3).
-Batch norm trains on the statistics of the global batch (over every device), so 8 devices train
-as 1; its running averages, used in evaluation, are the generator's batch's for G and the data's
-for D and Q (the generated batch's are not kept).
+`player_updates` says how the players step: "simultaneous" (one gradient of the sum of both
+losses on one batch of latents, each loss seeing the other player's params as constants) or
+"alternating" (the official code: a D and Q step, then a G step against the updated D and Q on
+fresh latents; one more generator pass per step). Batch norm trains on the statistics of the
+global batch (over every device), so 8 devices train as 1; its running averages, used in
+evaluation, are the generator's batch's for G and the data's for D and Q (the generated batch's
+are not kept).
 
 Evaluation (the evaluated params: set `ema_decay = 0`, as the config does, for the trained weights
 with their own running averages), per example of a real split: D's probability that the image is
@@ -31,7 +32,7 @@ categorical part is at most H(c) = log2 C). The generated images are alike for b
 metrics describe the generator, whichever split's rows they sit in.
 
 Config entries read here: categorical_dim, continuous_dim, noise_dim, hidden_dim, channels,
-q_hidden_dim, generator_learning_rate.
+q_hidden_dim, generator_learning_rate, player_updates.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ RESULT_COLUMNS = (
     "test_fake_probability",
     "train_code_error",
 )
+# How the players step: both on one gradient of their summed losses, or D and Q then G on fresh
+# latents (the official code).
+PLAYER_UPDATES = ("simultaneous", "alternating")
 # The per-example metric holding one-hot rows of (code, label) pairs: its mean is their joint
 # distribution, which `summarize` turns into the code's error.
 _JOINT = "code_label_joint"
@@ -81,6 +85,10 @@ def validate_config(config) -> None:
         raise ValueError(f"channels must be two widths, got {config.channels!r}.")
     if not (tasks.is_int(config.continuous_dim) and config.continuous_dim >= 0):
         raise ValueError(f"continuous_dim must be an integer >= 0, got {config.continuous_dim!r}.")
+    if config.player_updates not in PLAYER_UPDATES:
+        raise ValueError(
+            f"player_updates must be one of {PLAYER_UPDATES}, got {config.player_updates!r}."
+        )
     rate = config.generator_learning_rate
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
         raise ValueError(
@@ -147,6 +155,18 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     )
 
 
+def player_step(optimizer, player: str, grads, opt_state, variables):
+    """`(variables, opt_state)` after the step of one player ("generator" or "discriminator") of
+    `make_optimizer`'s optimizer: only that player's params move, and only its optimizer state
+    (the other's Adam moments and step count are kept, not decayed by a zero gradient)."""
+    updates, stepped = optimizer.update(grads, opt_state, variables)
+    params = variables["params"] | {
+        player: optax.apply_updates(variables["params"][player], updates["params"][player])
+    }
+    inner = dict(opt_state.inner_states) | {player: stepped.inner_states[player]}
+    return variables | {"params": params}, optax.MultiTransformState(inner)
+
+
 def code_information_bounds(outputs: models.DiscriminatorOutput, latents: GeneratorLatents):
     """`(categorical, continuous)` L_I per generated image `[B]`, in nats."""
     categorical = losses.categorical_information_bound(outputs.code_logits, latents.codes)
@@ -176,9 +196,10 @@ def build(config, data_info: DataInfo) -> Task:
         variables = model.init(key, jnp.zeros((2, latent_width), jnp.float32))
         return train.init_state(variables, optimizer)
 
-    def objective(variables, batch, key, hparams, collectives):
-        """Both players' losses summed, each seeing the other's params as constants; aux: the
-        metrics and the new batch statistics."""
+    def player_losses(variables, batch, latents, hparams, collectives):
+        """`(d_loss, g_loss, metrics, batch_stats)` on one batch of data and `latents`: D and Q's
+        loss, whose gradient reaches only their params (the generated images are constants), and
+        G's, whose gradient reaches only G's (D and Q frozen)."""
         net = model.clone(batch_axis_name=collectives.axis_name)
         params, frozen = variables["params"], jax.lax.stop_gradient(variables["params"])
 
@@ -191,7 +212,6 @@ def build(config, data_info: DataInfo) -> Task:
                 mutable=["batch_stats"],
             )
 
-        latents = latents_of(key, batch.example_ids)
         fake, stats = run(
             params, variables["batch_stats"], generator_inputs(latents, num_codes), net.generate
         )
@@ -223,17 +243,66 @@ def build(config, data_info: DataInfo) -> Task:
             "real_probability": jnp.mean(jax.nn.sigmoid(real_out.logits)),
             "fake_probability": jnp.mean(jax.nn.sigmoid(fake_out.logits)),
         }
-        total = d_gan - d_info + g_gan - g_info
-        return total, (metrics, stats["batch_stats"])
+        return d_gan - d_info, g_gan - g_info, metrics, stats["batch_stats"]
 
-    def update(state, batch, key, hparams, collectives):
+    def gradients(loss_of, variables, batch, latents, hparams, collectives):
+        """The device-averaged gradient of `loss_of(d_loss, g_loss)` with respect to every
+        variable, and the averaged metrics and new batch statistics."""
+
         def averaged(variables):
-            return collectives.mean(objective(variables, batch, key, hparams, collectives))
+            d_loss, g_loss, metrics, stats = player_losses(
+                variables, batch, latents, hparams, collectives
+            )
+            return collectives.mean((loss_of(d_loss, g_loss), (metrics, stats)))
 
-        grads, (metrics, stats) = jax.grad(averaged, has_aux=True)(state.params)
+        return jax.grad(averaged, has_aux=True)(variables)
+
+    def simultaneous_update(state, batch, key, hparams, collectives):
+        """One gradient of both players' losses on the same latents, one optimizer step."""
+        latents = latents_of(key, batch.example_ids)
+        grads, (metrics, stats) = gradients(
+            lambda d, g: d + g, state.params, batch, latents, hparams, collectives
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         variables = optax.apply_updates(state.params, updates) | {"batch_stats": stats}
         return state.replace(params=variables, opt_state=opt_state), metrics
+
+    def alternating_update(state, batch, key, hparams, collectives):
+        """The official code's step: D and Q step on latents from `split(key)[0]`, then G steps,
+        against the updated D and Q, on fresh latents from `split(key)[1]`. Each player's
+        optimizer state moves only on its own step."""
+        d_key, g_key = jax.random.split(key)
+        variables = state.params
+        grads, (metrics, stats) = gradients(
+            lambda d, g: d,
+            variables,
+            batch,
+            latents_of(d_key, batch.example_ids),
+            hparams,
+            collectives,
+        )
+        variables, opt_state = player_step(
+            optimizer, "discriminator", grads, state.opt_state, variables | {"batch_stats": stats}
+        )
+        grads, (g_metrics, stats) = gradients(
+            lambda d, g: g,
+            variables,
+            batch,
+            latents_of(g_key, batch.example_ids),
+            hparams,
+            collectives,
+        )
+        # D's statistics stay those of its own step's data batch; G's are of its fresh latents.
+        statistics = variables["batch_stats"] | {"generator": stats["generator"]}
+        variables, opt_state = player_step(
+            optimizer, "generator", grads, opt_state, variables | {"batch_stats": statistics}
+        )
+        metrics = metrics | {"generator_loss": g_metrics["generator_loss"]}
+        return state.replace(params=variables, opt_state=opt_state), metrics
+
+    update = {"simultaneous": simultaneous_update, "alternating": alternating_update}[
+        config.player_updates
+    ]
 
     def evaluate(variables, batch, key, hparams):
         del hparams
