@@ -295,8 +295,7 @@ def test_each_player_follows_the_gradient_of_its_own_loss_alone():
 def test_alternating_updates_step_d_then_g_against_the_new_d():
     """The official code's step: D and Q by minus their gradient on latents from split(key)[0];
     then G by minus its gradient on fresh latents from split(key)[1], against the D and Q just
-    updated (SGD at lr 1). With Adam, each player's optimizer counts one step: the other's step
-    does not advance it."""
+    updated (SGD at lr 1)."""
     config = small_config()
     config.player_updates = "alternating"
     config.optimizer, config.learning_rate, config.generator_learning_rate = "sgd", 1.0, 1.0
@@ -331,14 +330,51 @@ def test_alternating_updates_step_d_then_g_against_the_new_d():
     passes = [(inputs[0], model.generate), (inputs[1], model.generate), (batch.images, None)]
     assert_statistics_are(statistics_after(model, variables, passes), variables, new.params)
 
-    config.optimizer = "adam"
-    new = one_step(config, key)[4]
-    counts = [
-        leaf
-        for leaf in jax.tree_util.tree_leaves(new.opt_state)
-        if jnp.issubdtype(leaf.dtype, jnp.integer)
-    ]
-    assert len(counts) >= 2 and all(int(count) == 1 for count in counts)
+
+def test_a_players_step_moves_its_own_params_and_adam_state_alone():
+    """Adam's first step on a gradient of ones moves each weight by -lr (to float32 rounding);
+    the other player's params stay, and so does its Adam state (a zero gradient would decay its
+    moments and count a step: its first real step would then be 0.94 lr)."""
+    config = small_config()
+    task = infogan.build(config, tasks.DataInfo(64, 784, 10, math.log(10), 8))
+    state = task.init(jax.random.key(0))
+    optimizer = infogan.make_optimizer(config, 64)
+    ones = jax.tree_util.tree_map(jnp.ones_like, state.params)
+
+    def steps_and_counts(variables, opt_state):
+        steps = {
+            player: np.concatenate(
+                [
+                    np.ravel(new - old)
+                    for new, old in zip(
+                        jax.tree_util.tree_leaves(variables["params"][player]),
+                        jax.tree_util.tree_leaves(state.params["params"][player]),
+                    )
+                ]
+            )
+            for player in ("discriminator", "generator")
+        }
+        counts = {
+            player: {
+                int(c)
+                for c in jax.tree_util.tree_leaves(opt_state.inner_states[player])
+                if jnp.issubdtype(c.dtype, jnp.integer)
+            }
+            for player in ("discriminator", "generator")
+        }
+        return steps, counts
+
+    variables, opt_state = infogan.player_step(
+        optimizer, "discriminator", ones, state.opt_state, state.params
+    )
+    steps, counts = steps_and_counts(variables, opt_state)
+    np.testing.assert_allclose(steps["discriminator"], -config.learning_rate, rtol=1e-3)
+    assert not np.any(steps["generator"]) and counts == {"discriminator": {1}, "generator": {0}}
+    variables, opt_state = infogan.player_step(optimizer, "generator", ones, opt_state, variables)
+    steps, counts = steps_and_counts(variables, opt_state)
+    np.testing.assert_allclose(steps["generator"], -config.generator_learning_rate, rtol=1e-3)
+    np.testing.assert_allclose(steps["discriminator"], -config.learning_rate, rtol=1e-3)
+    assert counts == {"discriminator": {1}, "generator": {1}}
 
 
 def test_figures_order_the_rows_by_the_matched_digit(tmp_path):
