@@ -210,6 +210,47 @@ def test_the_classifier_with_the_dual_update_moves_beta_by_the_rate_above_the_ta
     assert float(capped_beta) == pytest.approx(0.1001, rel=1e-5)
 
 
+def test_a_negative_monte_carlo_rate_is_charged_unless_a_budget_is_swept():
+    """With posteriors N(0, 1.2^2) the rate to N(0, I) is 0.15 nats (K = 4), and its 1-sample
+    estimate on a batch of 16 falls below 0 for about one key in six. The plain penalty then
+    still charges beta * rate (its gradient pushes the rate down as anywhere else); only a swept
+    budget C turns it into the hinge beta * max(rate - C, 0)."""
+    stddev_pre = 5.0 + np.log(np.expm1(1.2))  # softplus(pre - 5) = 1.2
+
+    def loss_and_rate(task):
+        """`(key, hparams) -> (loss, cross-entropy, rate)` of a step from posteriors N(0, 1.2^2)."""
+        state = task.init(jax.random.key(2))
+        encoder = state.params["params"]["encoder"] | {
+            "mean_and_stddev": {
+                "kernel": jnp.zeros((16, 8)),
+                "bias": jnp.concatenate([jnp.zeros(4), jnp.full(4, stddev_pre)]),
+            }
+        }
+        state = state.replace(params={"params": state.params["params"] | {"encoder": encoder}})
+
+        @jax.jit
+        def step(key, hparams):
+            _, metrics = task.update(state, batch, key, hparams, train.Collectives())
+            return metrics["loss"], metrics["cross_entropy"], metrics["rate"]
+
+        return lambda key, hparams: [float(value) for value in step(key, hparams)]
+
+    _, plain, batch = toy_task()
+    _, hinged, _ = toy_task(rate_budget=(0.0, 1.0))
+    defaults = {n: jnp.float32(h.default) for n, h in vib_classifier.HYPERPARAMETERS.items()}
+    hparams = defaults | {"beta": jnp.float32(2.0)}
+    plain_step, hinged_step = loss_and_rate(plain), loss_and_rate(hinged)
+    for seed in range(40):
+        loss, cross_entropy, rate = plain_step(jax.random.key(seed), hparams)
+        if rate < 0:
+            break
+    assert rate < 0
+    assert loss == pytest.approx(cross_entropy + 2.0 * rate, rel=1e-5)
+    loss, cross_entropy, rate_again = hinged_step(jax.random.key(seed), hparams)
+    assert rate_again == pytest.approx(rate, rel=1e-5)
+    assert loss == pytest.approx(cross_entropy, rel=1e-5)  # max(rate - 0, 0) = 0
+
+
 def test_beta_warms_up_linearly_over_its_epochs_then_holds():
     # 64 examples in batches of 16: 4 steps per epoch, so 2 warm-up epochs are 8 steps.
     _, task, batch = toy_task(beta_warmup_epochs=(2.0,))

@@ -143,6 +143,8 @@ def test_after_one_update_the_debiased_ema_is_the_params():
 def test_vib_step_applies_adam_to_the_gradient_of_vib_loss(toy_data, rate_budget):
     images, labels = toy_data
     config = toy_config()
+    with config.sweep.unlocked():
+        config.sweep.rate_budget = (rate_budget,)
     task = vib_task(config, images, labels)
     model = vib_classifier.model_from_config(config, 10)
     optimizer = train.make_optimizer(config, NUM_EXAMPLES // BATCH)
