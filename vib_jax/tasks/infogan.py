@@ -245,9 +245,10 @@ def build(config, data_info: DataInfo) -> Task:
         }
         return d_gan - d_info, g_gan - g_info, metrics, stats["batch_stats"]
 
-    def gradients(loss_of, variables, batch, latents, hparams, collectives):
-        """The device-averaged gradient of `loss_of(d_loss, g_loss)` with respect to every
-        variable, and the averaged metrics and new batch statistics."""
+    def gradients(loss_of, variables, batch, key, hparams, collectives):
+        """The device-averaged gradient of `loss_of(d_loss, g_loss)`, on the latents of `key`,
+        with respect to every variable; and the averaged metrics and new batch statistics."""
+        latents = latents_of(key, batch.example_ids)
 
         def averaged(variables):
             d_loss, g_loss, metrics, stats = player_losses(
@@ -259,9 +260,8 @@ def build(config, data_info: DataInfo) -> Task:
 
     def simultaneous_update(state, batch, key, hparams, collectives):
         """One gradient of both players' losses on the same latents, one optimizer step."""
-        latents = latents_of(key, batch.example_ids)
         grads, (metrics, stats) = gradients(
-            lambda d, g: d + g, state.params, batch, latents, hparams, collectives
+            lambda d, g: d + g, state.params, batch, key, hparams, collectives
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         variables = optax.apply_updates(state.params, updates) | {"batch_stats": stats}
@@ -274,23 +274,13 @@ def build(config, data_info: DataInfo) -> Task:
         d_key, g_key = jax.random.split(key)
         variables = state.params
         grads, (metrics, stats) = gradients(
-            lambda d, g: d,
-            variables,
-            batch,
-            latents_of(d_key, batch.example_ids),
-            hparams,
-            collectives,
+            lambda d, g: d, variables, batch, d_key, hparams, collectives
         )
         variables, opt_state = player_step(
             optimizer, "discriminator", grads, state.opt_state, variables | {"batch_stats": stats}
         )
         grads, (g_metrics, stats) = gradients(
-            lambda d, g: g,
-            variables,
-            batch,
-            latents_of(g_key, batch.example_ids),
-            hparams,
-            collectives,
+            lambda d, g: g, variables, batch, g_key, hparams, collectives
         )
         # D's statistics stay those of its own step's data batch; G's are of its fresh latents.
         statistics = variables["batch_stats"] | {"generator": stats["generator"]}
