@@ -6,6 +6,8 @@ and an InfoVAE / MMD-VAE) and one classifier workdir, and writes a table into `-
       --classifier_workdir=workdirs/table1/jax --output=workdirs/vae_quality
 
 For every member of every VAE workdir, beside its own test NLL, rate and distortion (nats):
+- `active_units`: how many latent dimensions the test images' posterior means use (variance over
+  the images > 1e-2, Burda et al. 2016);
 - `probe_accuracy`: a logistic regression on the posterior means of the first `--probe_labels`
   training images, scored on the test images' means (%; the test split as the run evaluated it,
   all of it unless the run's config took a `test_subset`, as for the judge below);
@@ -46,6 +48,7 @@ RESULT_COLUMNS = (
     "test_nll_nats",
     "test_rate_nats",
     "test_distortion_nats",
+    "active_units",
     "probe_accuracy",
     "classifier_score",
     "frechet_distance",
@@ -84,6 +87,7 @@ def member_rows(run: runs.Run, judge: runs.Run, label: dict, reference) -> list[
             | member
             | {column: result[column] for column in RESULT_COLUMNS[:3]}
             | {
+                "active_units": sample_quality.active_units(test_means[m]),
                 "probe_accuracy": 100.0
                 * sample_quality.linear_probe_accuracy(
                     train_means[m], train_labels, test_means[m], test_labels

@@ -121,13 +121,15 @@ def test_vae_quality_judges_every_member_with_a_trained_classifier(vae_run, vib_
         assert float(row["test_nll_nats"]) == pytest.approx(trained["test_nll_nats"])
         # The means of 1000 labelled images: far above chance (10%) when the labels line up.
         assert 50.0 < float(row["probe_accuracy"]) < 99.0
+        # A trained encoder uses some of its latent dimensions, and no more than it has.
+        assert 0 < int(row["active_units"]) <= run.config.latent_dim
     table = (output / "vae_quality.md").read_text()
     reference = table.split("Reference:")[1].strip().splitlines()[-1].split("|")
     real_score, real_distance = float(reference[-3]), float(reference[-2])
     # Real test images score higher and lie nearer the test features than a 10-step VAE's samples.
     assert all(float(r["classifier_score"]) < real_score for r in rows)
     assert all(float(r["frechet_distance"]) > real_distance for r in rows)
-    assert table.count(" ± ") == 6  # one seed-mean row: 6 columns
+    assert table.count(" ± ") == 7  # one seed-mean row: 7 columns
 
 
 def test_bad_workdirs_are_named(tmp_path):

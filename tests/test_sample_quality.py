@@ -63,3 +63,20 @@ def test_the_linear_probe_reads_separable_classes_and_not_random_labels():
         features[:1000], shuffled, features[1000:], labels[1000:]
     )
     assert chance < 0.2
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(-100, 100))
+def test_active_units_count_the_dimensions_whose_means_vary(seed, shift):
+    """Stddevs 1, 0.5, 0.2 and 0.05 over 20,000 inputs: variances 1, 0.25, 0.04 (active) and
+    0.0025 (not), whatever the dimensions' common offset."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(shift, [1.0, 0.5, 0.2, 0.05], size=(20000, 4))
+    assert sample_quality.active_units(means) == 3
+    assert sample_quality.active_units(means, threshold=0.1) == 2
+    assert sample_quality.active_units(np.full((10, 4), shift)) == 0
+
+
+def test_active_units_need_two_inputs():
+    with pytest.raises(ValueError, match=r"posterior_means must be \[N, K\] with N >= 2"):
+        sample_quality.active_units(np.zeros((1, 3)))

@@ -8,6 +8,8 @@ classifier: numpy, scipy and scikit-learn on arrays (no training code).
   Heusel et al. 2017, in the feature space of the trained classifier rather than Inception's).
 - `linear_probe_accuracy`: the test accuracy of a logistic regression fitted to representations of a
   few labelled training images (what the representation makes linearly available about the label).
+- `active_units`: how many latent dimensions the encoder uses (Burda et al. 2016's activity
+  statistic).
 """
 
 from __future__ import annotations
@@ -52,3 +54,14 @@ def linear_probe_accuracy(train_features, train_labels, test_features, test_labe
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     probe.fit(np.asarray(train_features), np.asarray(train_labels))
     return float(probe.score(np.asarray(test_features), np.asarray(test_labels)))
+
+
+def active_units(posterior_means, threshold: float = 1e-2) -> int:
+    """How many latent dimensions are active (Burda et al. 2016, Sec. 5.2): those whose posterior
+    mean E_q(z|x)[z_u] varies over the inputs, Cov_x(E[z_u]) > `threshold` (theirs: 1e-2), for the
+    means `[N, K]` of N inputs. A dimension below it carries almost nothing about x: its posterior
+    is the same for every input (typically the prior, where its rate is ~0)."""
+    means = np.asarray(posterior_means, np.float64)
+    if means.ndim != 2 or means.shape[0] < 2:
+        raise ValueError(f"posterior_means must be [N, K] with N >= 2, got {means.shape}.")
+    return int(np.sum(np.var(means, axis=0) > threshold))
