@@ -83,6 +83,12 @@ def test_a_vae_run_loads_and_encodes_what_it_was_trained_on(vae_run):
     rewritten = run.write_figures()
     assert written and sorted(os.path.basename(p) for p in rewritten) == written
     assert all(os.path.getsize(p) > 0 for p in rewritten)
+    (workdir / "results.csv").rename(workdir / "results.csv.kept")
+    try:  # an unfinished run is named, not drawn with empty results
+        with pytest.raises(ValueError, match="has no results.csv yet: the run has not finished"):
+            runs.load(str(workdir)).write_figures()
+    finally:
+        (workdir / "results.csv.kept").rename(workdir / "results.csv")
 
 
 def test_vae_quality_judges_every_member_with_a_trained_classifier(vae_run, vib_run, tmp_path):

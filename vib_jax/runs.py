@@ -94,7 +94,16 @@ class Run:
 
     def write_figures(self) -> list[str]:
         """Writes the task's figures into the workdir again, from the newest checkpoint, results
-        and records (after a change to a plot, with no retraining); returns their paths."""
+        and records (after a change to a plot, with no retraining); returns their paths.
+
+        Raises:
+          ValueError: the run has not finished (no results.csv: figures of results need them).
+        """
+        if not self.results:
+            raise ValueError(
+                f"workdir {self.workdir!r} has no results.csv yet: the run has not finished "
+                f"(newest checkpoint: epoch {self.epoch}). Resume it to write its figures."
+            )
         test_images, test_labels = self.split("test", self.config.test_subset or None)
         run = tasks.TrainedRun(
             workdir=self.workdir,
