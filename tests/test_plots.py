@@ -42,7 +42,16 @@ def test_classifier_figures_with_two_seeds(tmp_path):
     assert_drawn(plots.test_error_vs_beta(rows, ["beta"], str(tmp_path / "error.png")))
     assert_drawn(plots.information_plane(rows, str(tmp_path / "plane.png")))
     series = {"fixed beta": rows[:3], "other": rows[3:]}
-    assert_drawn(plots.error_against_rate(series, str(tmp_path / "rate.png")))
+    assert_drawn(plots.metric_against_rate(series, str(tmp_path / "rate.png")))
+    vae_rows = [{"test_nll_nats": 120.0 - r, "test_rate_nats": r} for r in (5.0, 10.0, 20.0)]
+    assert_drawn(
+        plots.metric_against_rate(
+            {"VDB": vae_rows},
+            str(tmp_path / "nll.png"),
+            ("test_nll_nats", "test NLL (nats)"),
+            ("test_rate_nats", "test rate (nats)"),
+        )
+    )
     assert_drawn(
         plots.learning_curves(
             records, "test/error_avg", "test error (%)", str(tmp_path / "c.png"), 100

@@ -108,16 +108,23 @@ def information_plane(rows: Sequence[dict], path: str) -> str:
     return _save(figure, path, tight_layout=False)
 
 
-def error_against_rate(series: dict[str, Sequence[dict]], path: str) -> str:
-    """Test error (%, 12-sample average) against the test rate (bits), one line per named series of
-    classifier results rows (`results.csv`), each in order of rate: ways of setting the rate
-    (fixed beta, a hinge's budget, the dual update's target) compared at equal rates."""
+def metric_against_rate(
+    series: dict[str, Sequence[dict]],
+    path: str,
+    metric: tuple[str, str] = ("test_error_avg", "test error (%)"),
+    rate: tuple[str, str] = ("test_izx_bits", "test rate, I(Z;X) upper bound (bits)"),
+) -> str:
+    """A result against the rate, one line per named series of results rows (`results.csv`), each
+    in order of rate: ways of setting the rate (fixed beta, a hinge's budget, the dual update's
+    target) compared at equal rates. `metric` and `rate` are (column, axis label): by default the
+    classifier's 12-sample test error (%) and test rate (bits); for the VAE e.g.
+    `("test_nll_nats", "test NLL (nats)")` and `("test_rate_nats", "test rate (nats)")`."""
     figure = Figure(figsize=(6, 4.5))
     axes = figure.subplots()
     for name, rows in series.items():
-        points = sorted((r["test_izx_bits"], r["test_error_avg"]) for r in rows)
+        points = sorted((r[rate[0]], r[metric[0]]) for r in rows)
         axes.plot(*zip(*points), marker="o", label=name)
-    axes.set(xlabel="test rate, I(Z;X) upper bound (bits)", ylabel="test error (%)")
+    axes.set(xlabel=rate[1], ylabel=metric[1])
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
     return _save(figure, path)
