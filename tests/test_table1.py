@@ -10,7 +10,7 @@ import pytest
 
 from experiments import table1
 from experiments.configs import smoke
-from vib_jax import runs, sweep
+from vib_jax import metrics, runs, sweep
 
 
 def test_every_arm_is_a_valid_config_with_five_seeds(tmp_path):
@@ -58,3 +58,30 @@ def test_posthoc_errors_in_chunks_are_the_whole_split_evaluation(tmp_path, monke
         assert json.load(handle) == errors  # cached
     row = f"| JAX recipe, Adam b1 = 0.5 (TF's) | 2 | 1 | {table1._mean_sd(errors['S=1'][0])} |"
     assert row in table1.ablation_table(str(tmp_path))
+
+
+def test_the_k2_table_judges_each_paper_number_against_our_seeds(tmp_path):
+    """Five seeds per beta whose errors are the paper's plus offsets: a number 1 sd away is
+    within 2 sd, one 3 sd away is not."""
+    offsets = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])  # sd (ddof = 1) = 1.58
+    shifts = {1e-3: (0.0, 1.58), 1e-1: (4.8, 0.0), 1.0: (0.0, -4.8)}  # 0, 1 and 3 sd
+    rows = []
+    for beta, (paper_avg, paper_one) in table1.PAPER_K2.items():
+        shift_avg, shift_one = shifts[beta]
+        for seed, offset in enumerate(offsets):
+            rows.append(
+                {
+                    "seed": seed,
+                    "beta": beta,
+                    "test_error_avg": paper_avg + shift_avg + offset,
+                    "test_error_1": paper_one + shift_one + offset,
+                }
+            )
+    (tmp_path / "k2").mkdir()
+    metrics.write_csv(str(tmp_path / "k2" / "results.csv"), rows, list(rows[0]))
+    table = table1.k2_table(str(tmp_path))
+    judged = [line.split(" | ") for line in table.splitlines()[2:5]]
+    assert [(line[3], line[6]) for line in judged] == [("yes", "yes"), ("no", "yes"), ("yes", "no")]
+    assert "4 of the paper's 6 numbers within 2 sd of our mean." in table
+    assert table1.within_two_sd([1.0, 2.0, 3.0], 4.0)  # mean 2, sd 1
+    assert not table1.within_two_sd([1.0, 2.0, 3.0], 4.01)
