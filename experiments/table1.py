@@ -316,8 +316,9 @@ def within_two_sd(values, target: float) -> bool:
 
 
 def k2_table(root: str) -> str:
-    """Markdown: the paper's K = 2 errors (12 / 1 samples) beside ours, per beta, with whether
-    each paper number is within 2 standard deviations of our seeds' mean."""
+    """Markdown: the paper's K = 2 errors (12 / 1 samples, 200 epochs) beside ours, per beta,
+    with whether each paper number is within 2 standard deviations of our seeds' mean, and the
+    epochs ours trained (a shorter run's workdir resumes to 200)."""
     arm = next(a for a in ARMS if a.name == "k2")
     workdir = _finished(root, arm)
     if workdir is None:
@@ -325,8 +326,8 @@ def k2_table(root: str) -> str:
     rows = runs.read_results(workdir)
     lines = [
         "| beta | paper, 12 samples (%) | ours (%) | within 2 sd | paper, 1 sample (%) | ours (%) "
-        "| within 2 sd | seeds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| within 2 sd | seeds | epochs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     met = []
     for beta, papers in PAPER_K2.items():
@@ -336,7 +337,8 @@ def k2_table(root: str) -> str:
             ours = [r[column] for r in members]
             met.append(within_two_sd(ours, paper))
             cells.append(f"{paper} | {_mean_sd(ours)} | {'yes' if met[-1] else 'no'}")
-        lines.append(f"| {beta:g} | {' | '.join(cells)} | {len(members)} |")
+        epochs = int(members[0]["epochs"])
+        lines.append(f"| {beta:g} | {' | '.join(cells)} | {len(members)} | {epochs} |")
     lines.append(f"\n{sum(met)} of the paper's {len(met)} numbers within 2 sd of our mean.")
     return "\n".join(lines) + "\n"
 

@@ -75,6 +75,7 @@ def test_the_k2_table_judges_each_paper_number_against_our_seeds(tmp_path):
                     "beta": beta,
                     "test_error_avg": paper_avg + shift_avg + offset,
                     "test_error_1": paper_one + shift_one + offset,
+                    "epochs": 25,
                 }
             )
     (tmp_path / "k2").mkdir()
@@ -82,6 +83,7 @@ def test_the_k2_table_judges_each_paper_number_against_our_seeds(tmp_path):
     table = table1.k2_table(str(tmp_path))
     judged = [line.split(" | ") for line in table.splitlines()[2:5]]
     assert [(line[3], line[6]) for line in judged] == [("yes", "yes"), ("no", "yes"), ("yes", "no")]
+    assert [line[-1] for line in judged] == ["25 |"] * 3  # the epochs ours trained
     assert "4 of the paper's 6 numbers within 2 sd of our mean." in table
     assert table1.within_two_sd([1.0, 2.0, 3.0], 4.0)  # mean 2, sd 1
     assert not table1.within_two_sd([1.0, 2.0, 3.0], 4.01)
