@@ -71,4 +71,4 @@ bench: install
 	$(PY) -m benchmarks.bench_step $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .jax_cache

@@ -68,10 +68,30 @@ def test_a_two_seed_sweep_reproduces_the_old_single_seed_runs(tmp_path):
 
 
 def test_the_deterministic_baseline_reproduces_the_old_run(tmp_path):
+    """Epoch 1 matches the old run as the sweep's members do; epoch 2 to within 1% error.
+
+    The reference was recorded on an Intel CPU with AVX-512. On an AMD EPYC with AVX2 (2026-11-23)
+    XLA rounds differently: this run's epoch-1 loss moves by 1e-4 (relative), and its 20 Adam steps
+    of epoch 2 grow that into 9 of the 2000 training examples (test errors equal). A broken
+    baseline (noise, dropout, another learning rate or loss) is off by far more at epoch 1.
+    """
     with open(REFERENCE) as handle:
-        expected = json.load(handle)["deterministic"]["rows"]
+        old = json.load(handle)["deterministic"]
     rows = sweep.train_and_evaluate(
         reference_config((0,), deterministic=True), str(tmp_path / "det")
     )
     assert [r["beta"] for r in rows] == [0.0]
-    assert_matches(rows[0], expected[0])
+    records = [json.loads(line) for line in open(tmp_path / "det" / "metrics.jsonl")]
+    new, was = (next(r for r in group if r["epoch"] == 1) for group in (records, old["records"]))
+    for key in ("train_batches/error", "train/error_avg", "test/error_avg"):
+        assert new[key] == pytest.approx(was[key], abs=1e-6), key  # the same examples wrong
+    for key in ("train_batches/loss", "train/cross_entropy", "test/cross_entropy"):
+        assert new[key] == pytest.approx(was[key], rel=1e-3), key
+    row, expected = rows[0], old["rows"][0]
+    for split in ("train", "test"):
+        for name in ERRORS:
+            key = f"{split}_{name}"
+            assert row[key] == pytest.approx(expected[key], abs=1.0), key
+        assert row[f"{split}_izx_bits"] == 0.0  # no noise, no rate
+        key = f"{split}_izy_bits"
+        assert row[key] == pytest.approx(expected[key], rel=1e-2), key
