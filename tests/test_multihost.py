@@ -12,7 +12,8 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("real_mnist")]
+# ~2.5 min on 2 cores (four processes that each compile the training): `make test-slow`.
+pytestmark = [pytest.mark.slow, pytest.mark.real_data, pytest.mark.usefixtures("real_mnist")]
 # 8 divides the batch and the evaluation chunk, so every run uses all 8 devices.
 FLAGS = [
     "--config=experiments/configs/smoke.py",
