@@ -68,7 +68,7 @@ def test_a_two_seed_sweep_reproduces_the_old_single_seed_runs(tmp_path):
 
 
 def test_the_deterministic_baseline_reproduces_the_old_run(tmp_path):
-    """Epoch 1 matches the old run as the sweep's members do; epoch 2 to within 1% error.
+    """Epoch 1 matches the old run as the sweep's members do; epoch 2's errors to within 1 point.
 
     The reference was recorded on an Intel CPU with AVX-512. On an AMD EPYC with AVX2 (2026-11-23)
     XLA rounds differently: this run's epoch-1 loss moves by 1e-4 (relative), and its 20 Adam steps
