@@ -16,6 +16,8 @@ For every member of every VAE workdir, beside its own test NLL, rate and distort
 - `frechet_distance`: between the classifier's features (its encoder means) of those samples and of
   the test images (the reference row: the first 10,000 training images, or the judge's
   `train_subset`, against the test images).
+The reference row also has the judge's own test error (%, its 12-sample average), so that scores
+from a retrained judge can be read against the judge that gave them.
 The table has every member and the mean ± sd over the seeds of each set of hyperparameters.
 """
 
@@ -144,12 +146,13 @@ def main(argv) -> None:
     loaded, judge = load_checked(_WORKDIRS.value, _CLASSIFIER.value, _CLASSIFIER_MEMBER.value)
     os.makedirs(_OUTPUT.value, exist_ok=True)
 
-    test_images, _ = judge.split("test", judge.config.test_subset or None)
+    test_images, test_labels = judge.split("test", judge.config.test_subset or None)
     reference = classifier_judgement(judge, test_images)
     train_images, _ = judge.split("train", judge.config.train_subset or _REFERENCE_TRAIN_IMAGES)
     _, train_features = classifier_judgement(judge, train_images)
     reference_row = {
         "model": "test images",
+        "judge_test_error": 100.0 * float(np.mean(reference[0].argmax(-1) != test_labels)),
         "classifier_score": sample_quality.classifier_score(reference[0]),
         "frechet_distance": sample_quality.frechet_distance(train_features, reference[1]),
     }
@@ -169,7 +172,7 @@ def main(argv) -> None:
             metrics.markdown_summary(summary, group, RESULT_COLUMNS),
             metrics.markdown_table(rows, columns),
             "Reference:",
-            metrics.markdown_table([reference_row], ["model", *RESULT_COLUMNS[-2:]]),
+            metrics.markdown_table([reference_row], list(reference_row)),
         ]
     )
     metrics.write_text(os.path.join(_OUTPUT.value, "vae_quality.md"), text + "\n")
