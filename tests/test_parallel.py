@@ -1,9 +1,9 @@
 """Tests of vib_jax.parallel: the device count, members at once, the member map; and 8 simulated CPU
-devices giving the same training and evaluation as 1 device, through the driver's
-own setup builder: for the VIB classifier (with dropout), for a task whose loss needs the whole
-batch (`tests/gather_task.py`, which uses `Collectives.gather`), for the VAE with the MMD of
-the global batch's latents to prior samples (InfoVAE), and for the InfoGAN, whose batch norm takes
-the statistics of the global batch.
+devices giving the same training and evaluation as 1 device, through the driver's own setup builder:
+for the VIB classifier (with dropout, and a rate budget whose hinge acts on the global batch's mean
+rate), for a task whose loss needs the whole batch (`tests/gather_task.py`, which uses
+`Collectives.gather`), for the VAE with the MMD of the global batch's latents to prior samples
+(InfoVAE), and for the InfoGAN, whose batch norm takes the statistics of the global batch.
 
 JAX fixes its device count when it starts, so the check runs in a fresh process started with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 (this module itself runs in the test process).
@@ -63,6 +63,10 @@ CHECK = textwrap.dedent(
                 config.sweep.info_weight = (0.5,)  # batch statistics over every device's rows
             elif task_name == "vib_classifier":
                 config.sweep.dropout = (0.3,)  # each example's mask from its own key
+                # The hinge acts on the whole batch's mean rate, not on each device's: C = 27 nats
+                # lies among the devices' means of 4 examples (the batch mean is ~27 in epoch 1).
+                # A hinge on each device's mean moved the loss by 4e-3 and the params by 3e-2.
+                config.sweep.beta, config.sweep.rate_budget = (0.1,), (27.0,)
             elif task_name == "vae":
                 config.sweep.mmd_weight = (10.0,)  # MMD^2 of the batch gathered over devices
             else:
@@ -144,6 +148,8 @@ def test_eight_devices_equal_one_device(task):
             )  # the global-batch term is in play
         if task == "vae":
             assert report["first_metrics"]["mmd"] > 1e-3
+        if task == "vib_classifier":
+            assert report["first_metrics"]["penalty"] > 1e-3  # the hinge is in play
 
 
 def test_one_device_runs_shard_map_only_for_a_vmapped_sweep():

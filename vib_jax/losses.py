@@ -485,6 +485,7 @@ def bottleneck_loss(
     rate: jax.Array,
     beta: jax.Array | float,
     rate_budget: jax.Array | float | None = None,
+    batch_mean: Callable[[jax.Array], jax.Array] = jnp.mean,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The one objective of the family: E[-log p(target | z)] + beta * E[KL(q(z|x) || r(z))].
 
@@ -496,10 +497,13 @@ def bottleneck_loss(
       rate: `[B]` per-example rate in nats (`kl_divergence` or `monte_carlo_rate`).
       beta: >= 0, the weight of the information penalty (a scalar; may be traced, e.g. vmapped).
       rate_budget: None for the plain penalty, or C >= 0 nats for the hinge beta * max(rate - C, 0).
+      batch_mean: `[B] -> []`, the batch-mean rate the penalty acts on. A caller that sees part of
+        a batch split over devices passes the mean over the whole batch: the hinge is not linear,
+        so the mean of the parts' hinges is not the hinge of the batch mean.
 
     Returns:
       `(loss, metrics)`: the scalar loss in nats, and scalars `distortion` (E[-log p(target|z)]),
-      `rate` and `penalty`, in nats.
+      `rate` (`batch_mean`'s) and `penalty`, in nats.
     """
     if jnp.ndim(log_likelihood) != 2:
         raise ValueError(f"log_likelihood must have shape [S, B], got {jnp.shape(log_likelihood)}.")
@@ -515,7 +519,7 @@ def bottleneck_loss(
     if rate_budget is not None:
         check_nonnegative("rate_budget", rate_budget)
     distortion = -jnp.mean(log_likelihood)
-    mean_rate = jnp.mean(rate)
+    mean_rate = batch_mean(rate)
     penalty = information_penalty(mean_rate, beta, rate_budget)
     return distortion + penalty, dict(distortion=distortion, rate=mean_rate, penalty=penalty)
 
@@ -530,6 +534,7 @@ def vib_loss(
     label_entropy: float | None = None,
     label_smoothing: jax.Array | float = 0.0,
     confidence_penalty: jax.Array | float = 0.0,
+    batch_mean: Callable[[jax.Array], jax.Array] = jnp.mean,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The VIB objective: E[-log q(y|z)] + beta * E[KL(q(z|x) || r(z))] (`bottleneck_loss`,
     y = label), with the output regularisers of Table 1's baselines as options.
@@ -543,6 +548,7 @@ def vib_loss(
       label_entropy: H(Y) in nats for the I(Z;Y) bound; default log(C), i.e. uniform labels.
       label_smoothing: epsilon in [0, 1): train on `smoothed_cross_entropy` (0: the plain one).
       confidence_penalty: w >= 0: subtract w * E[H(softmax(logits))] (Pereyra et al. 2017).
+      batch_mean: `[B] -> []`, the batch-mean rate (`bottleneck_loss`).
 
     Returns:
       `(loss, metrics)`: the scalar loss in nats, and scalars `loss`, `cross_entropy` (the plain
@@ -564,7 +570,7 @@ def vib_loss(
     training_distortion = smoothed_cross_entropy(
         logits, labels, label_smoothing
     ) - confidence_penalty * softmax_entropy(logits)
-    loss, terms = bottleneck_loss(-training_distortion, rate, beta, rate_budget)
+    loss, terms = bottleneck_loss(-training_distortion, rate, beta, rate_budget, batch_mean)
     cross_entropy = jnp.mean(categorical_cross_entropy(logits, labels))
     izx, izy = information_bounds(cross_entropy, terms["rate"], label_entropy)
     mean_probs = jnp.mean(jax.nn.softmax(logits, axis=-1), axis=0)
@@ -586,6 +592,7 @@ def beta_vae_loss(
     rate: jax.Array,
     beta: jax.Array | float,
     rate_budget: jax.Array | float | None = None,
+    batch_mean: Callable[[jax.Array], jax.Array] = jnp.mean,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The beta-VAE objective, VIB's unsupervised special case (y = x): distortion + beta * rate.
 
@@ -596,12 +603,13 @@ def beta_vae_loss(
       beta: >= 0; beta = 1 gives the negative ELBO.
       rate_budget: None, or C >= 0 nats: the hinge beta * max(rate - C, 0) on the batch-mean rate
         (`information_penalty`).
+      batch_mean: `[B] -> []`, the batch-mean rate (`bottleneck_loss`).
 
     Returns:
       `(loss, metrics)`: the scalar loss in nats, and scalars `loss`, `distortion` (E[-log p(x|z)]),
       `rate`, `elbo` (-(distortion + rate), nats) and `izx_bound_bits` (I(Z;X) <= rate).
     """
-    loss, terms = bottleneck_loss(log_likelihood, rate, beta, rate_budget)
+    loss, terms = bottleneck_loss(log_likelihood, rate, beta, rate_budget, batch_mean)
     distortion, mean_rate = terms["distortion"], terms["rate"]
     metrics = dict(
         loss=loss,

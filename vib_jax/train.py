@@ -143,6 +143,10 @@ class Collectives:
         mean)."""
         return tree if self.axis_name is None else jax.lax.pmean(tree, self.axis_name)
 
+    def batch_mean(self, x: jax.Array) -> jax.Array:
+        """The mean over the whole batch of per-example values `[B_local, ...]` -> `[...]`."""
+        return self.mean(jnp.mean(x, axis=0))
+
     def sum(self, tree):
         """The sum over devices."""
         return tree if self.axis_name is None else jax.lax.psum(tree, self.axis_name)

@@ -209,7 +209,9 @@ def build(config, data_info: DataInfo) -> Task:
         )
         if config.objective == "elbo":
             budget = hparams["rate_budget"] if hinged else None
-            loss, metrics = losses.beta_vae_loss(log_px, rate, beta, rate_budget=budget)
+            loss, metrics = losses.beta_vae_loss(
+                log_px, rate, beta, rate_budget=budget, batch_mean=collectives.batch_mean
+            )
         else:
             bound = jnp.mean(losses.importance_weighted_bound(weights))
             loss, metrics = (

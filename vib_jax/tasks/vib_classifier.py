@@ -155,7 +155,6 @@ def build(config, data: DataInfo) -> Task:
         return train.init_state(params, optimizer, tasks.dual_beta_variables(config))
 
     def loss_fn(params, batch, key, hparams, collectives):
-        del collectives  # every term is a per-example mean
         mean, scale, z = posterior_and_latents(
             model, params, batch, key, train_samples, hparams["dropout"] if dropout else None
         )
@@ -173,6 +172,7 @@ def build(config, data: DataInfo) -> Task:
             label_entropy=data.label_entropy,
             label_smoothing=hparams["label_smoothing"],
             confidence_penalty=hparams["confidence_penalty"],
+            batch_mean=collectives.batch_mean,  # the hinge acts on the whole batch's mean rate
         )
 
     def evaluate(params, batch, key, hparams):
