@@ -204,6 +204,11 @@ def test_member_keys_depend_on_the_seed_and_the_values_away_from_the_defaults():
     other_seed = train.member_keys(1, {"beta": 1e-3, "rate_budget": 0.0}, defaults)
     for other in (other_beta, other_budget, other_seed):
         assert not np.array_equal(data(a.noise), data(other.noise))
+    # Which hyperparameter takes a value matters, not only the values in the names' order.
+    defaults = {"beta": 1.0, "mmd_weight": 0.0, "rate_budget": 0.0}
+    halves = [defaults | {name: 0.5} for name in defaults]  # one hyperparameter at 0.5 each
+    noises = [data(train.member_keys(0, h, defaults).noise).tobytes() for h in halves]
+    assert len(set(noises)) == 3
     np.testing.assert_array_equal(
         data(a.init), data(other_beta.init)
     )  # same seed: same init and order

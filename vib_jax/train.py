@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.struct
@@ -286,18 +287,27 @@ class MemberKeys(NamedTuple):
     eval: jax.Array
 
 
+# The engine before tasks knew beta alone and folded its value only into the noise key. Beta keeps
+# that key, so every beta sweep recorded since draws the noise it drew.
+_FOLDED_BY_VALUE_ONLY = "beta"
+
+
 def member_keys(
     seed: int, hparams: Mapping[str, float], defaults: Mapping[str, float]
 ) -> MemberKeys:
     """The keys of the member with this seed and these hyperparameters (`defaults`: the task's).
 
-    The float32 bits of each hyperparameter that differs from its default are folded into the noise
-    key, in the order of the names. So a member's run depends on its values alone: it is the same
-    alone or inside any sweep, wherever it stands in the lists, whichever other lists the sweep
-    has; and two members that differ in a hyperparameter draw independent noise.
+    Each hyperparameter that differs from its default is folded into the noise key, in the order
+    of the names: the CRC-32 of its name (but for beta's, `_FOLDED_BY_VALUE_ONLY`), then the
+    float32 bits of its value. So a member's run depends on its values alone: it is the same alone
+    or inside any sweep, wherever it stands in the lists, whichever other lists the sweep has; and
+    two members that differ in a hyperparameter, or in which one takes a value, draw independent
+    noise.
     """
     init, shuffle, noise, evaluation = jax.random.split(jax.random.key(seed), 4)
     for name in sorted(n for n in hparams if hparams[n] != defaults[n]):
+        if name != _FOLDED_BY_VALUE_ONLY:
+            noise = jax.random.fold_in(noise, zlib.crc32(name.encode()))
         value = jnp.asarray(hparams[name], jnp.float32)
         noise = jax.random.fold_in(noise, jax.lax.bitcast_convert_type(value, jnp.uint32))
     return MemberKeys(init, shuffle, noise, evaluation)
