@@ -201,7 +201,9 @@ def build(config, data_info: DataInfo) -> Task:
         return losses.mmd_squared(z, jax.random.normal(key, z.shape), config.mmd_kernel)
 
     def loss_fn(params, batch, key, hparams, collectives):
-        binarize_key, noise_key = jax.random.split(key)
+        # The prior's key is none of the examples' keys, which are folds of the other two (the
+        # first two of a 3-way split are those of a 2-way one: the ELBO's noise is unchanged).
+        binarize_key, noise_key, prior_key = jax.random.split(key, 3)
         x = model_inputs(batch.images, batch.example_ids, binarize_key, config.likelihood)
         beta = hparams["beta"]
         log_px, weights, rate, z = log_weights(
@@ -223,7 +225,7 @@ def build(config, data_info: DataInfo) -> Task:
         if not uses_mmd:
             return loss, metrics
         # The first training sample of each example stands for the aggregate posterior q(z).
-        mmd = mmd_to_prior(z[0], jax.random.fold_in(noise_key, 1), collectives)
+        mmd = mmd_to_prior(z[0], prior_key, collectives)
         loss = loss + hparams["mmd_weight"] * mmd
         return loss, metrics | {"loss": loss, "mmd": mmd}
 
