@@ -58,6 +58,11 @@ def test_csv_round_trip_markdown_and_jsonl_truncation(tmp_path):
     metrics.append_jsonl(log, [{"epoch": e, "beta": 0.0} for e in (1, 2, 3, 4)])
     metrics.truncate_jsonl(log, 2)
     assert [r["epoch"] for r in metrics.read_jsonl(log)] == [1, 2]
+    with open(log, "a") as handle:  # a write cut off by a kill: no newline
+        handle.write('{"epoch": 3, "be')
+    assert [r["epoch"] for r in metrics.read_jsonl(log)] == [1, 2]
+    metrics.truncate_jsonl(log, 2)
+    assert open(log).read().count("\n") == 2 and open(log).read().endswith("}\n")
     assert not (tmp_path / "metrics.jsonl.tmp").exists()
 
 

@@ -84,6 +84,8 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_one(tmp_path):
 
     config.num_epochs = 2  # "killed" after epoch 2 (its checkpoint is on disk) ...
     sweep.train_and_evaluate(config, str(tmp_path / "resumed"))
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as handle:  # ... while logging epoch 3
+        handle.write('{"epoch": 3, "seed": 0}\n{"epoch": 3, "se')
     config.num_epochs = 3  # ... and started again with the same workdir.
     resumed = sweep.train_and_evaluate(config, str(tmp_path / "resumed"))
 

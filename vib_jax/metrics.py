@@ -123,16 +123,21 @@ def write_csv(path: str, rows: Sequence[Mapping], columns: Sequence[str]) -> Non
 
 
 def append_jsonl(path: str, records: Iterable[Mapping]) -> None:
+    """Appends `records`, one JSON object per line, in one write."""
     with open(path, "a") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
+        handle.write("".join(json.dumps(record) + "\n" for record in records))
 
 
 def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSON-lines file (none if it does not exist). A last line with no newline
+    is a write cut off by a killed process, not a record: it is left out."""
     if not os.path.exists(path):
         return []
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        lines = handle.readlines()
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def truncate_jsonl(path: str, last_epoch: int) -> None:
