@@ -255,8 +255,16 @@ def _sample_counts(arm: Arm) -> tuple[int, ...]:
 
 
 def _finished(root: str, arm: Arm) -> str | None:
+    """The arm's workdir if its results.csv is that of its newest checkpoint; None if it has no
+    results yet, or trains on (or stopped) past them: a workdir resumed to more epochs keeps the
+    shorter run's results.csv until it finishes, and the post-hoc errors read the newest
+    checkpoint."""
     workdir = os.path.join(root, arm.name)
-    return workdir if os.path.exists(os.path.join(workdir, "results.csv")) else None
+    if not os.path.exists(os.path.join(workdir, "results.csv")):
+        return None
+    saved = checkpoints.saved_epochs(os.path.join(workdir, "checkpoints"))
+    results_epoch = int(runs.read_results(workdir)[0]["epochs"])
+    return workdir if not saved or saved[-1] == results_epoch else None
 
 
 def ablation_table(root: str) -> str:
@@ -295,7 +303,7 @@ def table1(root: str, num_epochs: int) -> str:
         paper = PAPER_TABLE1[arm.paper_row]
         workdir = _finished(root, arm)
         if workdir is None:
-            lines.append(f"| {arm.description} | {paper} | not run | | | |")
+            lines.append(f"| {arm.description} | {paper} | not run or not finished | | | |")
             continue
         rows = runs.read_results(workdir)
         errors = posthoc_errors(workdir, _sample_counts(arm))
@@ -322,7 +330,7 @@ def k2_table(root: str) -> str:
     arm = next(a for a in ARMS if a.name == "k2")
     workdir = _finished(root, arm)
     if workdir is None:
-        return "K = 2: not run yet.\n"
+        return "K = 2: not run or not finished yet.\n"
     rows = runs.read_results(workdir)
     lines = [
         "| beta | paper, 12 samples (%) | ours (%) | within 2 sd | paper, 1 sample (%) | ours (%) "
@@ -350,7 +358,7 @@ def evaluation_spread(root: str, arm_name: str = "jax", num_keys: int = 5) -> st
     arm = next(a for a in ARMS if a.name == arm_name)
     workdir = _finished(root, arm)
     if workdir is None:
-        return f"Evaluation spread: arm {arm_name} not run yet.\n"
+        return f"Evaluation spread: arm {arm_name} not run or not finished yet.\n"
 
     def first_member():
         run = runs.load(workdir)
