@@ -266,8 +266,9 @@ def uncertainty_rows(run: runs.Run, in_images, in_labels, ood_sets: dict, label:
 
 
 def load_checked(workdirs) -> list[runs.Run]:
-    """The runs, after checking every workdir and that they share one dataset (nothing computed
-    before all pass)."""
+    """The runs, after checking every workdir, that their folder names differ and that they share
+    one dataset (nothing computed before all pass)."""
+    runs.workdir_labels(workdirs, "--workdirs")
     loaded = [runs.load(w) for w in workdirs]
     datasets = {run.config.dataset for run in loaded}
     if len(datasets) > 1:
@@ -315,8 +316,8 @@ def main(argv) -> None:
     }
     tables = {"robustness": [], "carlini_wagner": [], "calibration": [], "ood": []}
     zeros, reliability = [], []
-    for run in loaded:
-        label = {"model": os.path.basename(os.path.normpath(run.workdir))}
+    for run, model in zip(loaded, runs.workdir_labels(_WORKDIRS.value, "--workdirs")):
+        label = {"model": model}
         tables["robustness"] += robustness_rows(run, *attacked, label)
         cw_rows, cw_zeros = carlini_wagner_rows(run, *attacked, label)
         tables["carlini_wagner"] += cw_rows
@@ -342,6 +343,14 @@ def _setting_columns(name: str, rows: list[dict]) -> list[str]:
     return [c for c in _distinguishing_columns(rows, MEASURES[name]) if c != "seed"]
 
 
+def member_table(name: str, rows: list[dict]) -> str:
+    """Markdown: table `name` row by row, with the columns that tell the rows apart and every
+    measure (also one that is the same in every row, e.g. a success rate of 1)."""
+    return metrics.markdown_table(
+        rows, [*_distinguishing_columns(rows, MEASURES[name]), *MEASURES[name]]
+    )
+
+
 def seed_summary_table(name: str, rows: list[dict]) -> str:
     """Markdown: table `name`'s measures as mean ± sd over the seeds of each model and setting
     (the columns that vary between rows, but the seed)."""
@@ -358,16 +367,19 @@ def write_outputs(tables, zeros, reliability, attacked) -> None:
     for name, rows in tables.items():
         columns = list(dict.fromkeys(k for row in rows for k in row))
         metrics.write_csv(path(f"{name}.csv"), rows, columns)
-        markdown.append(
-            f"## {name}\n\n{metrics.markdown_table(rows, _distinguishing_columns(rows))}"
-        )
+        markdown.append(f"## {name}\n\n{member_table(name, rows)}")
         summary.append(f"## {name}\n\n{seed_summary_table(name, rows)}")
     metrics.write_text(path("results.md"), "\n".join(markdown))
     metrics.write_text(path("summary.md"), "\n\n".join(summary) + "\n")
     for attack in ATTACKS:
         rows = [r for r in tables["robustness"] if r["attack"] == attack]
-        plots.accuracy_vs_epsilon(rows, attack, path(f"accuracy_{attack}.png"))
-    plots.perturbation_sizes_vs_beta(tables["carlini_wagner"], path("cw_sizes.png"))
+        settings = [c for c in _setting_columns("robustness", rows) if c != "epsilon"]
+        plots.accuracy_vs_epsilon(rows, attack, settings, path(f"accuracy_{attack}.png"))
+    plots.perturbation_sizes_vs_beta(
+        tables["carlini_wagner"],
+        _setting_columns("carlini_wagner", tables["carlini_wagner"]),
+        path("cw_sizes.png"),
+    )
     # One row per member, in the order of `zeros` and `reliability`: the seeds of each setting.
     members = tables["carlini_wagner"]
     group = _setting_columns("carlini_wagner", members)

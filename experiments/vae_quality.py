@@ -102,11 +102,6 @@ def member_rows(run: runs.Run, judge: runs.Run, label: dict, reference) -> list[
     return rows
 
 
-def model_label(workdir: str) -> str:
-    """A workdir's name in the tables: its last folder's name."""
-    return os.path.basename(os.path.normpath(workdir))
-
-
 def load_checked(
     workdirs, classifier_workdir, classifier_member
 ) -> tuple[list[runs.Run], runs.Run]:
@@ -119,9 +114,7 @@ def load_checked(
         raise ValueError(
             f"--classifier_member must be in [0, {len(judge.members)}), got {classifier_member}."
         )
-    labels = [model_label(w) for w in workdirs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"--workdirs must end in different folder names, got {labels}.")
+    runs.workdir_labels(workdirs, "--workdirs")
     loaded = [runs.load(w) for w in workdirs]
     for run in loaded:
         if run.config.task != "vae":
@@ -157,8 +150,8 @@ def main(argv) -> None:
         "frechet_distance": sample_quality.frechet_distance(train_features, reference[1]),
     }
     rows = []
-    for run in loaded:
-        rows += member_rows(run, judge, {"model": model_label(run.workdir)}, reference)
+    for run, label in zip(loaded, runs.workdir_labels(_WORKDIRS.value, "--workdirs")):
+        rows += member_rows(run, judge, {"model": label}, reference)
 
     hyperparameters = [k for k in rows[0] if k not in ("model", "seed", *RESULT_COLUMNS)]
     group = ["model", *metrics.varying_keys(rows, hyperparameters)]

@@ -59,7 +59,7 @@ def test_classifier_figures_with_two_seeds(tmp_path):
     )
 
 
-def test_curves_over_beta_average_the_seeds_and_split_other_hyperparameters():
+def test_curves_average_the_seeds_and_split_other_hyperparameters():
     rows = [
         {"seed": s, "beta": b, "rate_budget": c, "v": v}
         for s, b, c, v in [
@@ -69,12 +69,38 @@ def test_curves_over_beta_average_the_seeds_and_split_other_hyperparameters():
             (0, 1.0, 8.0, 7.0),
         ]
     ]
-    curves = plots._curves_over_beta(rows, ["beta", "rate_budget"], "v")
+    curves = plots._curves_over(rows, ["beta", "rate_budget"], "beta", "v")
     assert curves == {
         "rate_budget=0": ([0.1, 1.0], [5.0, 2.0], [0.0, float(np.sqrt(2))]),
         "rate_budget=8": ([1.0], [7.0], [0.0]),
     }
-    assert list(plots._curves_over_beta(rows[:3], ["beta", "rate_budget"], "v")) == [""]
+    assert list(plots._curves_over(rows[:3], ["beta", "rate_budget"], "beta", "v")) == [""]
+
+
+def test_robustness_figures_draw_one_curve_per_setting(tmp_path):
+    """Members of one model and beta that differ in dropout are two settings, not four seeds."""
+    rows = [
+        {"model": "m", "seed": s, "beta": 0.0, "dropout": d, "epsilon": e, "accuracy": a + s}
+        for s in (0, 1)
+        for d, a in ((0.2, 90.0), (0.5, 70.0))
+        for e in (0.0, 0.1)
+    ]
+    curves = plots._curves_over(rows, ["model", "dropout", "epsilon"], "epsilon", "accuracy")
+    assert curves == {
+        "dropout=0.2": ([0.0, 0.1], [90.5, 90.5], [np.sqrt(0.5)] * 2),
+        "dropout=0.5": ([0.0, 0.1], [70.5, 70.5], [np.sqrt(0.5)] * 2),
+    }
+    settings = ["model", "dropout"]
+    path = str(tmp_path / "accuracy.png")
+    assert_drawn(plots.accuracy_vs_epsilon(rows, "pgd_linf", settings, path))
+    cw = [
+        {"model": "m", "seed": s, "beta": b, "dropout": d, "l0_mean": 5.0 + s, "l2_mean": 1.0}
+        | {"linf_mean": 0.3}
+        for s in (0, 1)
+        for b in (0.0, 1e-3)
+        for d in (0.2, 0.5)
+    ]
+    assert_drawn(plots.perturbation_sizes_vs_beta(cw, settings, str(tmp_path / "cw.png")))
 
 
 def test_vae_figures(tmp_path):

@@ -65,7 +65,19 @@ def test_the_summary_means_each_setting_over_its_seeds():
     ]
 
 
-def test_workdirs_without_a_checkpoint_or_of_two_datasets_are_refused(trained, tmp_path):
+def test_the_member_table_keeps_a_measure_that_every_row_shares():
+    rows = [
+        dict(model="vib", seed=s, beta=1e-3, reached=1.0, success=1.0, accuracy=0.0, l0_mean=l0)
+        | dict(l2_mean=1.5, linf_mean=0.4)
+        for s, l0 in ((0, 80.0), (1, 90.0))
+    ]
+    header = robustness.member_table("carlini_wagner", rows).splitlines()[0]
+    assert header == (
+        "| model | seed | reached | success | accuracy | l0_mean | l2_mean | linf_mean |"
+    )
+
+
+def test_workdirs_without_a_checkpoint_of_two_datasets_or_one_name_are_refused(trained, tmp_path):
     empty = tmp_path / "empty"
     shutil.copytree(trained / "vib", empty, ignore=shutil.ignore_patterns("checkpoints"))
     with pytest.raises(ValueError, match="has no checkpoint yet"):
@@ -78,6 +90,10 @@ def test_workdirs_without_a_checkpoint_or_of_two_datasets_are_refused(trained, t
         json.dump(config | {"dataset": "fashion_mnist"}, handle)
     with pytest.raises(ValueError, match="--workdirs must be trained on one dataset"):
         robustness.load_checked([str(trained / "vib"), str(fashion)])
+    # Two models of one name would be pooled as seeds of one setting.
+    shutil.copytree(trained / "det", tmp_path / "other" / "vib")
+    with pytest.raises(ValueError, match=r"--workdirs must end in different folder names"):
+        robustness.load_checked([str(trained / "vib"), str(tmp_path / "other" / "vib")])
 
 
 @pytest.mark.slow

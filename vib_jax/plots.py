@@ -29,18 +29,19 @@ def _log_scale_if_wide(axis, values: Sequence[float]) -> None:
         axis.set_xscale("log")
 
 
-def _curves_over_beta(
-    rows: Sequence[dict], hyperparameters: Sequence[str], value: str
+def _curves_over(
+    rows: Sequence[dict], columns: Sequence[str], x: str, value: str
 ) -> dict[str, tuple[list, list, list]]:
-    """`{label: (betas, means, standard deviations)}` of `value` over the seeds, one curve per
-    combination of the hyperparameters other than beta (label "" when beta is the only one)."""
-    summary = metrics.seed_summary(rows, hyperparameters, [value])
-    others = [h for h in hyperparameters if h != "beta"]
+    """`{label: (xs, means, standard deviations)}` of `value` over the seeds against column `x`
+    (one of `columns`), one curve per combination of the other `columns`, labelled by those of
+    them that vary ("" when none does)."""
+    summary = metrics.seed_summary(rows, columns, [value])
+    others = [c for c in columns if c != x]
     varying = metrics.varying_keys(summary, others)
     curves: dict[str, tuple[list, list, list]] = {}
-    for entry in sorted(summary, key=lambda e: e["beta"]):
-        betas, means, stds = curves.setdefault(member_label(entry, varying), ([], [], []))
-        betas.append(entry["beta"])
+    for entry in sorted(summary, key=lambda e: e[x]):
+        xs, means, stds = curves.setdefault(member_label(entry, varying), ([], [], []))
+        xs.append(entry[x])
         means.append(entry[f"{value}_mean"])
         stds.append(entry[f"{value}_std"])
     return curves
@@ -57,7 +58,8 @@ def test_error_vs_beta(rows: Sequence[dict], hyperparameters: Sequence[str], pat
         ("test_error_1", "one sample"),
         ("test_error_mean", "z = mean"),
     ):
-        for others, (betas, means, stds) in _curves_over_beta(rows, hyperparameters, key).items():
+        curves = _curves_over(rows, hyperparameters, "beta", key)
+        for others, (betas, means, stds) in curves.items():
             x = _beta_axis_values([{"beta": b} for b in betas])
             name = f"{label}, {others}" if others else label
             axes.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=name)
@@ -356,30 +358,21 @@ def posterior_ellipses(
     return _save(figure, path)
 
 
-def _seed_means(rows: Sequence[dict], group: Sequence[str], value: str):
-    """`{group values: (means, sds)}` of `value` over the seeds, from `metrics.seed_summary`."""
-    return {
-        tuple(entry[g] for g in group): (entry[f"{value}_mean"], entry[f"{value}_std"])
-        for entry in metrics.seed_summary(rows, group, [value])
-    }
-
-
-def accuracy_vs_epsilon(rows: Sequence[dict], attack: str, path: str) -> str:
-    """Accuracy (%) under `attack` against its epsilon ([0, 1] pixel units), one curve per model
-    and beta: the mean over seeds with their standard deviation as error bars.
+def accuracy_vs_epsilon(
+    rows: Sequence[dict], attack: str, settings: Sequence[str], path: str
+) -> str:
+    """Accuracy (%) under `attack` against its epsilon ([0, 1] pixel units), one curve per
+    setting: the mean over seeds with their standard deviation as error bars.
 
     Args:
-      rows: `{"model", "beta", "seed", "epsilon", "accuracy", ...}` per member and epsilon.
+      rows: `{*settings, "seed", "epsilon", "accuracy", ...}` per member and epsilon.
+      settings: the columns that tell the members' settings apart, e.g. the model and beta (rows
+        alike in all of them are seeds of one setting).
     """
-    summary = _seed_means(rows, ("model", "beta", "epsilon"), "accuracy")
     figure = Figure(figsize=(6, 4.5))
     axes = figure.subplots()
-    for model, beta in sorted({key[:2] for key in summary}, key=lambda k: (k[1], k[0])):
-        points = sorted(
-            (key[2], *value) for key, value in summary.items() if key[:2] == (model, beta)
-        )
-        epsilons, means, stds = zip(*points)
-        label = model if beta == 0 else f"{model} beta={beta:g}"
+    curves = _curves_over(rows, [*settings, "epsilon"], "epsilon", "accuracy")
+    for label, (epsilons, means, stds) in curves.items():
         axes.errorbar(epsilons, means, yerr=stds, marker="o", markersize=3, capsize=2, label=label)
     axes.set(xlabel="epsilon ([0, 1] pixel units)", ylabel="accuracy (%)", title=attack)
     axes.set_ylim(0, 100)
@@ -388,24 +381,26 @@ def accuracy_vs_epsilon(rows: Sequence[dict], attack: str, path: str) -> str:
     return _save(figure, path)
 
 
-def perturbation_sizes_vs_beta(rows: Sequence[dict], path: str) -> str:
+def perturbation_sizes_vs_beta(rows: Sequence[dict], settings: Sequence[str], path: str) -> str:
     """The mean L0, L2 and L-inf sizes of successful Carlini-Wagner perturbations against beta
-    (the paper's measures), one line per model, mean ± sd over seeds; beta = 0 drawn at a tenth
-    of the smallest beta."""
+    (the paper's measures), one line per setting but beta (`settings`: as in
+    `accuracy_vs_epsilon`), mean ± sd over seeds; beta = 0 drawn at a tenth of the smallest
+    beta."""
     figure = Figure(figsize=(12, 3.8))
     axes = figure.subplots(1, 3)
     floor = {"beta": min([r["beta"] for r in rows if r["beta"] > 0], default=10.0)}
+    group = list(dict.fromkeys([*settings, "beta"]))
     for axis, name in zip(axes, ("l0", "l2", "linf")):
-        summary = _seed_means(rows, ("model", "beta"), f"{name}_mean")
-        for model in sorted({key[0] for key in summary}):
-            points = sorted((key[1], *value) for key, value in summary.items() if key[0] == model)
-            betas = _beta_axis_values([{"beta": p[0]} for p in points] + [floor])[:-1]
-            means, stds = [p[1] for p in points], [p[2] for p in points]
-            axis.errorbar(betas, means, yerr=stds, marker="o", capsize=2, label=model)
+        for label, (betas, means, stds) in _curves_over(
+            rows, group, "beta", f"{name}_mean"
+        ).items():
+            x = _beta_axis_values([{"beta": b} for b in betas] + [floor])[:-1]
+            axis.errorbar(x, means, yerr=stds, marker="o", capsize=2, label=label or None)
         _log_scale_if_wide(axis, [r["beta"] for r in rows] + [floor["beta"] / 10])
         axis.set(xlabel=r"$\beta$", title=f"mean {name} of successful perturbations")
         axis.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize="x-small")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize="x-small")
     return _save(figure, path)
 
 

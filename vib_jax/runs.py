@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -219,6 +219,15 @@ def config_from_json(path: str) -> ml_collections.ConfigDict:
     """The config a run wrote to `config.json`."""
     with open(path) as handle:
         return ml_collections.ConfigDict(json.load(handle))
+
+
+def workdir_labels(workdirs: Sequence[str], argument: str) -> list[str]:
+    """Each workdir's name in tables and figures: its last folder's name. ValueError naming
+    `argument` if two workdirs share one (their members would be pooled as seeds of one model)."""
+    labels = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{argument} must end in different folder names, got {labels}.")
+    return labels
 
 
 def load(workdir: str) -> Run:
