@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.stats
 from hypothesis import given, settings
 from hypothesis.extra.numpy import arrays
 
@@ -154,6 +155,57 @@ def test_one_full_pgd_step_from_the_image_is_fgsm():
         linear_log_probs, images, labels, 0.1, key, num_steps=1, step_size=0.1, random_start=False
     )
     np.testing.assert_array_equal(pgd, attacks.fgsm(linear_log_probs, images, labels, 0.1, key))
+
+
+def test_one_l2_pgd_step_moves_along_the_unit_gradient():
+    """Inside the ball (step 0.05 of radius 0.1, images clear of the pixel range's ends), one L2
+    step is x + step * g / |g| with the closed-form gradient g of the linear model's CE."""
+    images, labels = random_batch(11)
+    probs = numpy_softmax(np.asarray(images, np.float64) @ WEIGHTS + BIAS)
+    gradient = (probs - np.eye(NUM_CLASSES)[np.asarray(labels)]) @ WEIGHTS.T
+    unit = gradient / np.linalg.norm(gradient, axis=-1, keepdims=True)
+    got = attacks.pgd(
+        linear_log_probs,
+        images,
+        labels,
+        0.1,
+        jax.random.key(0),
+        norm="l2",
+        num_steps=1,
+        step_size=0.05,
+        random_start=False,
+    )
+    np.testing.assert_allclose(got, images + attacks.to_model_units(0.05) * unit, atol=1e-6)
+
+
+def test_the_projection_is_the_nearest_point_of_the_ball():
+    images = jnp.zeros((2, 4))
+    outside = jnp.array([[0.3, -0.4, 0.0, 0.0], [0.05, 0.0, -0.5, 0.02]])
+    radius = attacks.to_model_units(0.1)  # 0.2 in model units
+    l2 = attacks.project_to_ball(outside, images, 0.1, "l2")
+    # Outside an L2 ball, the nearest point is on the ray to the centre, at the radius.
+    np.testing.assert_allclose(l2[0], np.array([0.3, -0.4, 0.0, 0.0]) * radius / 0.5, atol=1e-7)
+    np.testing.assert_allclose(
+        l2[1], np.asarray(outside[1]) * radius / np.linalg.norm(outside[1]), atol=1e-7
+    )
+    linf = attacks.project_to_ball(outside, images, 0.1, "linf")  # each coordinate clipped
+    np.testing.assert_allclose(linf, np.clip(np.asarray(outside), -radius, radius), atol=1e-7)
+    inside = 0.5 * l2
+    np.testing.assert_allclose(attacks.project_to_ball(inside, images, 0.1, "l2"), inside)
+
+
+def test_the_l2_random_start_is_uniform_in_the_ball():
+    """A uniform point of a D-ball has (|delta| / radius)^D ~ U(0, 1) and a uniform direction:
+    Kolmogorov-Smirnov against U(0, 1), and the mean direction near 0 (4 standard errors)."""
+    images = jnp.zeros((4000, NUM_FEATURES))
+    radius = attacks.to_model_units(0.1)
+    start = np.asarray(attacks._random_start(jax.random.key(3), images, 0.1, "l2"), np.float64)
+    norms = np.linalg.norm(start, axis=-1)
+    assert np.all(norms <= radius * (1 + 1e-6))
+    assert scipy.stats.kstest((norms / radius) ** NUM_FEATURES, "uniform").pvalue > 1e-3
+    directions = start / norms[:, None]
+    standard_error = 1.0 / np.sqrt(NUM_FEATURES * len(directions))  # per coordinate
+    assert np.max(np.abs(directions.mean(axis=0))) < 4 * standard_error
 
 
 @functools.partial(jax.jit, static_argnames=("norm", "num_steps", "random_start"))

@@ -36,6 +36,27 @@ def test_the_frechet_distance_of_a_scaled_copy_has_its_closed_form():
         sample_quality.frechet_distance(a, b[:, :5])
 
 
+def test_the_frechet_distance_of_covariances_that_do_not_commute_has_the_2x2_closed_form():
+    """S_a = diag(1, 9) and S_b the same rotated by 45 degrees: for 2 x 2 matrices,
+    tr((S_a S_b)^(1/2)) = sqrt(tr(S_a S_b) + 2 sqrt(det(S_a S_b))) (the root's eigenvalues l1, l2
+    have l1 + l2 = sqrt(l1^2 + l2^2 + 2 l1 l2)). sqrtm(S_a) sqrtm(S_b) in place of the root gives
+    another value (4.5 against 4.01 with the means 0.5 apart in each feature)."""
+    rng = np.random.default_rng(3)
+    white = rng.normal(size=(5000, 2))
+    white = (white - white.mean(0)) @ np.linalg.inv(
+        np.linalg.cholesky(np.cov(white, rowvar=False))
+    ).T
+    rotation = np.array([[1.0, -1.0], [1.0, 1.0]]) / np.sqrt(2.0)
+    a = white @ np.diag([1.0, 3.0])  # covariance exactly diag(1, 9)
+    b = white @ np.diag([1.0, 3.0]) @ rotation.T + 0.5
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    product = cov_a @ cov_b
+    root_trace = np.sqrt(np.trace(product) + 2.0 * np.sqrt(np.linalg.det(product)))
+    expected = 2 * 0.5**2 + np.trace(cov_a + cov_b) - 2.0 * root_trace
+    assert expected == pytest.approx(0.5 + 20.0 - 2.0 * np.sqrt(50.0 + 2.0 * 9.0), rel=1e-9)
+    assert sample_quality.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**16), dim=st.integers(1, 5), shift=st.floats(-3, 3))
 def test_the_frechet_distance_is_symmetric_nonnegative_and_sees_a_shift(seed, dim, shift):
