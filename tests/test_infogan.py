@@ -152,6 +152,18 @@ def test_latents_of_an_example_do_not_depend_on_its_batch():
     assert np.all(np.abs(whole.noise) <= 1) and set(np.asarray(whole.codes)) <= set(range(10))
 
 
+def test_latents_have_the_priors_that_h_c_assumes():
+    """L_I's H(c) = log C and the continuous bound's K log 2 assume c ~ Uniform{0..C-1} and
+    Uniform[-1, 1] noise and codes: chi-square and Kolmogorov-Smirnov tests over 20,000 ids."""
+    latents = infogan.sample_generator_latents(jax.random.key(5), jnp.arange(20000), 3, 10, 2)
+    frequencies = np.bincount(np.asarray(latents.codes), minlength=10)
+    assert len(frequencies) == 10 and scipy.stats.chisquare(frequencies).pvalue > 1e-3
+    uniform = scipy.stats.uniform(loc=-1.0, scale=2.0).cdf
+    for values in (latents.noise, latents.continuous):
+        for column in np.asarray(values).T:
+            assert scipy.stats.kstest(column, uniform).pvalue > 1e-3
+
+
 @pytest.mark.slow
 def test_an_epoch_on_mnist_moves_the_code_error_well_below_chance(tmp_path):
     """600 steps (~5 min on 2 CPU cores). A code unrelated to the digits errs on ~89% of them
@@ -300,6 +312,11 @@ def test_each_player_follows_the_gradient_of_its_own_loss_alone():
     assert set(result) >= {"code_error", "info_categorical_bits", "real_probability"}
     assert all(np.ndim(value) == 0 for value in result.values())
     assert 0 <= result["code_error"] <= 1 - 1 / 10 + 1e-6  # never worse than one matched code
+    # The error left by scipy's Hungarian matching of Q's codes to the labels, counted directly.
+    counts = infogan.code_label_counts(model, new.ema_params, images, batch.labels, 10)
+    codes, matched = scipy.optimize.linear_sum_assignment(counts, maximize=True)
+    matched_error = 1.0 - counts[codes, matched].sum() / counts.sum()
+    assert result["code_error"] == pytest.approx(matched_error, abs=1e-6)
 
 
 def test_alternating_updates_step_d_then_g_against_the_new_d():
