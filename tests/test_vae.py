@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
+import scipy.stats
 
 from experiments.configs import vae as vae_config
 from vib_jax import data, losses, models, sweep, train
@@ -92,6 +94,35 @@ def test_chunked_nll_is_the_log_mean_exp_of_every_chunks_weights():
     assert np.all(
         np.asarray(nll) < -np.asarray(elbo) + 1.0
     )  # the IS estimate is (nearly) above the ELBO
+
+
+def test_the_iwae_objective_is_the_log_mean_exp_of_the_importance_weights():
+    """The IWAE's training loss (k = 5): -mean_x log (1/k) sum_s p(x, z_s) / q(z_s | x) on the
+    step's own binarisation and samples, rebuilt with scipy's logsumexp."""
+    images = jax.random.uniform(jax.random.key(0), (6, 784), minval=-1.0, maxval=1.0)
+    labels = jnp.zeros(6, jnp.int32)
+    config = small_config(objective="iwae", train_samples=5, batch_size=6)
+    task = vae.build(config, sweep.data_info(config, images, labels))
+    state = task.init(jax.random.key(1))
+    batch = train.Batch(images, labels, jnp.arange(6, dtype=jnp.int32))
+    key = jax.random.key(2)
+    hparams = {name: spec.default for name, spec in vae.HYPERPARAMETERS.items()}
+    _, metrics = task.update(state, batch, key, hparams, train.Collectives())
+    params = state.params
+
+    model = vae.model_from_config(config, 784)
+    binarize_key, noise_key = jax.random.split(key)
+    x = vae.model_inputs(images, batch.example_ids, binarize_key, "bernoulli")
+    mean, stddev = model.apply(params, x, method=model.encode)
+    z = train.sample_latents(noise_key, batch.example_ids, mean, stddev, 5)
+    logits = np.asarray(model.apply(params, z, method=model.decode), np.float64)
+    target = np.asarray(x, np.float64)
+    log_px = np.sum(target * logits - np.logaddexp(0.0, logits), axis=-1)
+    z, mean, stddev = (np.asarray(a, np.float64) for a in (z, mean, stddev))
+    log_joint = log_px + scipy.stats.norm.logpdf(z).sum(-1)
+    log_weights = log_joint - scipy.stats.norm.logpdf(z, mean, stddev).sum(-1)  # [5, 6]
+    bound = np.mean(scipy.special.logsumexp(log_weights, axis=0) - math.log(5))
+    assert float(metrics["loss"]) == pytest.approx(-bound, rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -180,6 +211,19 @@ def test_the_gaussian_likelihood_trains_with_a_bounded_density():
     model = vae.model_from_config(config, 784)
     stddev = model.apply(state.params, method=model.pixel_stddev)
     assert stddev.shape == (784,) and float(stddev.min()) >= models.MIN_PIXEL_STDDEV
+
+    # The distortion is -log N(grey levels in [0, 1] | decoded means, the learned stddevs),
+    # averaged over the posterior samples: scipy's density on the evaluation's own samples.
+    key = jax.random.key(3)
+    distortion = task.evaluate(state.params, batch, key, {"beta": 1.0})["distortion"]
+    grey = (np.asarray(batch.images, np.float64) + 1.0) / 2.0
+    mean, scale = model.apply(state.params, jnp.asarray(grey), method=model.encode)
+    z = train.sample_latents(
+        jax.random.split(key)[0], batch.example_ids, mean, scale, config.eval_samples
+    )
+    decoded = np.asarray(model.apply(state.params, z, method=model.decode), np.float64)
+    log_px = scipy.stats.norm.logpdf(grey, decoded, np.asarray(stddev, np.float64)).sum(-1)
+    np.testing.assert_allclose(distortion, -log_px.mean(0), rtol=1e-5)
 
 
 def test_bad_learned_marginal_sizes_are_named():
