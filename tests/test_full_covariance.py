@@ -11,6 +11,7 @@ import scipy.stats
 from hypothesis import given, settings
 
 from vib_jax import losses, models
+from vib_jax.tasks import vib_classifier
 
 
 def random_cholesky(rng, batch, k):
@@ -128,6 +129,38 @@ def test_full_covariance_encoder_outputs_lower_triangular_factors_that_start_sma
 
 
 # ------------------------------------------------------------------------------ output regularisers
+
+
+def test_the_covariance_of_a_factor_is_l_l_transposed_and_of_stddevs_diagonal():
+    rng = np.random.default_rng(4)
+    factor = random_cholesky(rng, 3, 2)
+    mean = jnp.zeros((3, 2))
+    np.testing.assert_allclose(
+        vib_classifier.covariance(mean, jnp.asarray(factor)),
+        np.einsum("bij,bkj->bik", factor, factor),
+        rtol=1e-6,
+    )
+    stddevs = rng.lognormal(size=(3, 2)).astype(np.float32)
+    diagonal = np.zeros((3, 2, 2), np.float32)
+    diagonal[:, [0, 1], [0, 1]] = stddevs**2
+    np.testing.assert_allclose(vib_classifier.covariance(mean, jnp.asarray(stddevs)), diagonal)
+
+
+def test_the_decoder_entropy_grid_is_indexed_rows_by_z2_and_columns_by_z1():
+    """A decoder whose logits are (3 z1, 0, ..., 0): the entropy changes along z1 alone, so
+    H[i, j] must be that of z1[j] in every row i (a transposed grid fails)."""
+    model = models.VIBClassifier(latent_dim=2, hidden_dims=(8,), covariance="full")
+    params = model.init(jax.random.key(0), jnp.zeros((1, 5)), jax.random.key(1))
+    kernel = np.zeros((2, 10), np.float32)
+    kernel[0, 0] = 3.0
+    params["params"]["decoder"]["logits"] = {"kernel": kernel, "bias": np.zeros(10, np.float32)}
+    z1, z2, entropy = vib_classifier.decoder_entropy_grid(model, params, extent=2.0, size=7)
+    logits = np.zeros((7, 10))
+    logits[:, 0] = 3.0 * z1
+    expected = scipy.stats.entropy(scipy.special.softmax(logits, axis=-1), axis=-1, base=2)
+    np.testing.assert_allclose(entropy, np.tile(expected, (7, 1)), rtol=1e-5)
+    np.testing.assert_allclose(z1, np.linspace(-2.0, 2.0, 7), atol=1e-6)
+    np.testing.assert_allclose(z2, z1)
 
 
 @settings(max_examples=40, deadline=None)

@@ -2,6 +2,8 @@
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
+import scipy.stats
 
 from vib_jax import metrics, plots
 
@@ -125,3 +127,22 @@ def test_information_axis_is_logarithmic_only_over_a_wide_range():
     plots._log_scale_if_wide(narrow, [205.0, 216.0])
     assert wide.get_xscale() == "log" and narrow.get_xscale() == "linear"
     plt.close(figure)
+
+
+def test_the_ellipses_hold_95_percent_of_their_gaussians():
+    """Stddevs 2 and 0.5 along axes turned by 30 degrees: the axes' lengths are 2 sqrt(5.991) times
+    the stddevs, the angle is 30 (mod 180), and the ellipse so drawn holds 95% of the Gaussian's
+    draws (within 3 standard errors)."""
+    turn = np.radians(30.0)
+    rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    covariance = rotation @ np.diag([4.0, 0.25]) @ rotation.T
+    widths, heights, angles = plots.ellipse_axes(covariance[None])
+    chi2 = scipy.stats.chi2.ppf(0.95, df=2)
+    np.testing.assert_allclose([widths[0], heights[0]], 2 * np.sqrt(chi2) * np.array([2.0, 0.5]))
+    assert np.mod(angles[0], 180.0) == pytest.approx(30.0)
+    draws = np.random.default_rng(0).multivariate_normal(np.zeros(2), covariance, size=20000)
+    back = np.radians(-angles[0])
+    along = draws @ np.array([[np.cos(back), np.sin(back)], [-np.sin(back), np.cos(back)]])
+    scaled = along / (np.array([widths[0], heights[0]]) / 2)
+    inside = np.mean(np.sum(scaled**2, axis=-1) <= 1)
+    assert abs(inside - 0.95) < 3 * np.sqrt(0.95 * 0.05 / 20000)

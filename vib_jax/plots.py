@@ -306,6 +306,16 @@ def latent_scatter(
 _CHI2_2D_95 = -2.0 * np.log(0.05)
 
 
+def ellipse_axes(covariances: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(widths [N], heights [N], angles [N])` of the 95% ellipses {z : z^T S^-1 z <= chi2_2(0.95)}
+    of 2-D covariances S `[N, 2, 2]`: the full length of the major axis, of the minor one, and the
+    major axis's angle from the z1 axis in degrees (as matplotlib's ellipses take them)."""
+    eigenvalues, eigenvectors = np.linalg.eigh(covariances)  # ascending
+    radii = np.sqrt(_CHI2_2D_95 * np.maximum(eigenvalues, 0.0))
+    angles = np.degrees(np.arctan2(eigenvectors[:, 1, 1], eigenvectors[:, 0, 1]))
+    return 2 * radii[:, 1], 2 * radii[:, 0], angles
+
+
 def posterior_ellipses(
     means: np.ndarray,
     covariances: np.ndarray,
@@ -333,15 +343,13 @@ def posterior_ellipses(
     axes = figure.subplots(1, num_members, squeeze=False)[0]
     colours = matplotlib.colormaps["tab10"](np.asarray(labels) % 10)
     for m, (axis, title) in enumerate(zip(axes, titles)):
-        eigenvalues, eigenvectors = np.linalg.eigh(covariances[m])  # ascending
-        radii = np.sqrt(_CHI2_2D_95 * np.maximum(eigenvalues, 0.0))
-        angles = np.degrees(np.arctan2(eigenvectors[:, 1, 1], eigenvectors[:, 0, 1]))
+        widths, heights, angles = ellipse_axes(covariances[m])
         if entropy_grids is not None:
             z1, z2, entropy = entropy_grids[m]
             axis.pcolormesh(z1, z2, entropy, cmap="Greys", shading="auto", vmin=0.0)
         ellipses = EllipseCollection(
-            2 * radii[:, 1],
-            2 * radii[:, 0],
+            widths,
+            heights,
             angles,
             units="xy",
             offsets=means[m],
