@@ -351,6 +351,31 @@ def k2_table(root: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def k2_epochs_table(root: str, every: int = 5) -> str:
+    """Markdown: the K = 2 arm's test errors (%, 12 samples and 1) per beta, mean ± sd over its
+    seeds, at epoch 1, every `every` epochs and its last logged one, from its metrics.jsonl: the
+    learning curve, also of a run still training."""
+    records = metrics.read_jsonl(os.path.join(root, "k2", "metrics.jsonl"))
+    logged = sorted({r["epoch"] for r in records if "test/error_avg" in r})
+    if not logged:
+        return "K = 2: no test evaluation logged yet.\n"
+    epochs = sorted({logged[0], *(e for e in logged if e % every == 0), logged[-1]})
+    columns = [(beta, column) for beta in PAPER_K2 for column in ("12 samples", "1 sample")]
+    lines = [
+        "| epoch | " + " | ".join(f"{beta:g}, {column}" for beta, column in columns) + " |",
+        "|---:|" + "---:|" * len(columns),
+    ]
+    for epoch in epochs:
+        cells = []
+        for beta, column in columns:
+            key = "test/error_avg" if column == "12 samples" else "test/error_1"
+            at = [r for r in records if r["epoch"] == epoch and np.isclose(r["beta"], beta)]
+            cells.append(_mean_sd([100.0 * r[key] for r in at]))
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    seeds = len({r["seed"] for r in records})
+    return "\n".join(lines) + f"\n\nTest error (%), mean ± sd over {seeds} seeds.\n"
+
+
 def evaluation_spread(root: str, arm_name: str = "jax", num_keys: int = 5) -> str:
     """Markdown: how much one trained model's test error moves with the evaluation noise alone
     (the seed-0 member of `arm_name`, `num_keys` evaluation keys; cached in
@@ -380,13 +405,14 @@ def evaluation_spread(root: str, arm_name: str = "jax", num_keys: int = 5) -> st
 
 
 def report(root: str) -> None:
-    """Writes `root/ablation.md`, `table1.md` (200 epochs), `table1_25_epochs.md`, `k2.md` and
-    `evaluation_spread.md`."""
+    """Writes `root/ablation.md`, `table1.md` (200 epochs), `table1_25_epochs.md`, `k2.md`,
+    `k2_epochs.md` and `evaluation_spread.md`."""
     for name, make in (
         ("ablation", ablation_table),
         ("table1", functools.partial(table1, num_epochs=200)),
         ("table1_25_epochs", functools.partial(table1, num_epochs=25)),
         ("k2", k2_table),
+        ("k2_epochs", k2_epochs_table),
         ("evaluation_spread", evaluation_spread),
     ):
         text = make(root)

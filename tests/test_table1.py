@@ -92,4 +92,26 @@ def test_the_k2_table_judges_each_paper_number_against_our_seeds(tmp_path):
     (tmp_path / "k2" / "checkpoints" / "30").rename(tmp_path / "k2" / "checkpoints" / "25")
     assert table1.k2_table(str(tmp_path)) == table
     assert table1.within_two_sd([1.0, 2.0, 3.0], 4.0)  # mean 2, sd 1
+
+
+def test_the_k2_epochs_table_is_the_seed_mean_of_each_logged_epoch(tmp_path):
+    (tmp_path / "k2").mkdir()
+    assert table1.k2_epochs_table(str(tmp_path)) == "K = 2: no test evaluation logged yet.\n"
+    records = [
+        {"epoch": e, "seed": s, "beta": b, "test/error_avg": 0.1 * b + 0.01 * s}
+        | {"test/error_1": 0.5}
+        for e in range(1, 13)
+        for s in (0, 1, 2)
+        for b in table1.PAPER_K2
+    ]
+    metrics.append_jsonl(str(tmp_path / "k2" / "metrics.jsonl"), records)
+    lines = table1.k2_epochs_table(str(tmp_path), every=5).splitlines()
+    assert lines[0] == (
+        "| epoch | 0.001, 12 samples | 0.001, 1 sample | 0.1, 12 samples | 0.1, 1 sample "
+        "| 1, 12 samples | 1, 1 sample |"
+    )
+    assert [line.split(" | ")[0] for line in lines[2:6]] == ["| 1", "| 5", "| 10", "| 12"]
+    # beta 0.1: 100 * (0.01 + 0.01 s) over s = 0, 1, 2 is 1, 2, 3: 2.00 ± 1.00; 1 sample 50%.
+    assert lines[3].split(" | ")[3:5] == ["2.00 ± 1.00", "50.00 ± 0.00"]
+    assert lines[-1] == "Test error (%), mean ± sd over 3 seeds."
     assert not table1.within_two_sd([1.0, 2.0, 3.0], 4.01)
