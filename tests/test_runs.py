@@ -89,6 +89,18 @@ def test_a_vae_run_loads_and_encodes_what_it_was_trained_on(vae_run):
             runs.load(str(workdir)).write_figures()
     finally:
         (workdir / "results.csv.kept").rename(workdir / "results.csv")
+    # Results of fewer epochs than the newest checkpoint (1): a run resumed for more epochs.
+    stale = workdir.parent / "stale"
+    shutil.copytree(workdir, stale)
+    text = (stale / "results.csv").read_text().splitlines()
+    column = text[0].split(",").index("epochs")
+    rows = [line.split(",") for line in text[1:]]
+    for row in rows:
+        row[column] = "0"
+    (stale / "results.csv").write_text("\n".join([text[0], *map(",".join, rows)]) + "\n")
+    newer = "has the results of epoch 0 and a newer checkpoint, of epoch 1"
+    with pytest.raises(ValueError, match=newer):
+        runs.load(str(stale)).write_figures()
 
 
 def test_vae_quality_judges_every_member_with_a_trained_classifier(vae_run, vib_run, tmp_path):

@@ -97,12 +97,20 @@ class Run:
         and records (after a change to a plot, with no retraining); returns their paths.
 
         Raises:
-          ValueError: the run has not finished (no results.csv: figures of results need them).
+          ValueError: the run has not finished: no results.csv (figures of results need them), or
+            one of fewer epochs than the newest checkpoint (resumed for more epochs).
         """
         if not self.results:
             raise ValueError(
                 f"workdir {self.workdir!r} has no results.csv yet: the run has not finished "
                 f"(newest checkpoint: epoch {self.epoch}). Resume it to write its figures."
+            )
+        results_epoch = int(self.results[0]["epochs"])
+        if results_epoch != self.epoch:
+            raise ValueError(
+                f"workdir {self.workdir!r} has the results of epoch {results_epoch} and a newer "
+                f"checkpoint, of epoch {self.epoch}: it was resumed for more epochs and has not "
+                "finished. Resume it to write its figures."
             )
         test_images, test_labels = self.split("test", self.config.test_subset or None)
         run = tasks.TrainedRun(
