@@ -119,8 +119,11 @@ def load_checked(
     for run in loaded:
         if run.config.task != "vae":
             raise ValueError(f"--workdirs: {run.workdir} is not a VAE ({run.config.task}).")
-        if not run.member_results:  # also refuses rows that do not match the members
-            raise ValueError(f"--workdirs: {run.workdir} has not finished (no results.csv).")
+        if not run.finished or not run.member_results:  # also refuses rows of other members
+            raise ValueError(
+                f"--workdirs: {run.workdir} has not finished (no results.csv of its newest "
+                "checkpoint)."
+            )
         if run.config.dataset != judge.config.dataset:
             raise ValueError(
                 f"--classifier_workdir is of {judge.config.dataset}, but {run.workdir} of "

@@ -89,18 +89,24 @@ def test_a_vae_run_loads_and_encodes_what_it_was_trained_on(vae_run):
             runs.load(str(workdir)).write_figures()
     finally:
         (workdir / "results.csv.kept").rename(workdir / "results.csv")
-    # Results of fewer epochs than the newest checkpoint (1): a run resumed for more epochs.
-    stale = workdir.parent / "stale"
-    shutil.copytree(workdir, stale)
-    text = (stale / "results.csv").read_text().splitlines()
+    stale = stale_copy(workdir, workdir.parent / "stale")
+    assert run.finished and not runs.load(str(stale)).finished
+    newer = "has the results of epoch 0 and a newer checkpoint, of epoch 1"
+    with pytest.raises(ValueError, match=newer):
+        runs.load(str(stale)).write_figures()
+
+
+def stale_copy(workdir, destination):
+    """A copy of a 1-epoch workdir whose results.csv says epoch 0: the results of an earlier,
+    shorter run, as a workdir resumed for more epochs keeps until it ends again."""
+    shutil.copytree(workdir, destination)
+    text = (destination / "results.csv").read_text().splitlines()
     column = text[0].split(",").index("epochs")
     rows = [line.split(",") for line in text[1:]]
     for row in rows:
         row[column] = "0"
-    (stale / "results.csv").write_text("\n".join([text[0], *map(",".join, rows)]) + "\n")
-    newer = "has the results of epoch 0 and a newer checkpoint, of epoch 1"
-    with pytest.raises(ValueError, match=newer):
-        runs.load(str(stale)).write_figures()
+    (destination / "results.csv").write_text("\n".join([text[0], *map(",".join, rows)]) + "\n")
+    return destination
 
 
 def test_vae_quality_judges_every_member_with_a_trained_classifier(vae_run, vib_run, tmp_path):
@@ -124,7 +130,11 @@ def test_vae_quality_judges_every_member_with_a_trained_classifier(vae_run, vib_
 
     output = tmp_path / "out"
     command = [sys.executable, "-m", "experiments.vae_quality", f"--output={output}"]
-    command += [f"--classifier_workdir={judge_workdir}", f"--workdirs={vae_workdir}"]
+    command += [f"--classifier_workdir={judge_workdir}"]
+    stale = stale_copy(vae_workdir, tmp_path / "stale")
+    refused = subprocess.run([*command, f"--workdirs={stale}"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "stale has not finished" in refused.stderr
+    command += [f"--workdirs={vae_workdir}"]
     refused = subprocess.run([*command, "--classifier_member=2"], capture_output=True, text=True)
     assert refused.returncode != 0
     assert "--classifier_member must be in [0, 2), got 2" in refused.stderr

@@ -92,6 +92,12 @@ class Run:
         """`records` as a pandas DataFrame."""
         return _pandas().DataFrame(self.records)
 
+    @property
+    def finished(self) -> bool:
+        """Whether results.csv holds the results of the newest checkpoint: not before the run
+        ends, nor while a run resumed for more epochs has not ended again."""
+        return bool(self.results) and int(self.results[0]["epochs"]) == self.epoch
+
     def write_figures(self) -> list[str]:
         """Writes the task's figures into the workdir again, from the newest checkpoint, results
         and records (after a change to a plot, with no retraining); returns their paths.
@@ -105,10 +111,10 @@ class Run:
                 f"workdir {self.workdir!r} has no results.csv yet: the run has not finished "
                 f"(newest checkpoint: epoch {self.epoch}). Resume it to write its figures."
             )
-        results_epoch = int(self.results[0]["epochs"])
-        if results_epoch != self.epoch:
+        if not self.finished:
             raise ValueError(
-                f"workdir {self.workdir!r} has the results of epoch {results_epoch} and a newer "
+                f"workdir {self.workdir!r} has the results of epoch {self.results[0]['epochs']:g} "
+                f"and a newer "
                 f"checkpoint, of epoch {self.epoch}: it was resumed for more epochs and has not "
                 "finished. Resume it to write its figures."
             )
