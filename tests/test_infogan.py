@@ -37,12 +37,10 @@ def test_a_q_head_that_reads_the_code_back_has_l_i_equal_to_h_c():
 def test_continuous_bound_is_the_gaussian_log_density_plus_the_uniform_entropy():
     rng = np.random.default_rng(0)
     means, codes = rng.normal(size=(5, 2)), rng.uniform(-1, 1, (5, 2))
-    expected = scipy.stats.norm.logpdf(codes, means, 1.0).sum(-1) + 2 * math.log(2)
-    np.testing.assert_allclose(
-        losses.uniform_code_information_bound(jnp.asarray(means), jnp.asarray(codes)),
-        expected,
-        rtol=1e-5,
-    )
+    for stddev in (1.0, 0.3):
+        expected = scipy.stats.norm.logpdf(codes, means, stddev).sum(-1) + 2 * math.log(2)
+        got = losses.uniform_code_information_bound(jnp.asarray(means), jnp.asarray(codes), stddev)
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_gan_losses_are_the_cross_entropies_of_d():
