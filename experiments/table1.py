@@ -260,11 +260,7 @@ def _finished(root: str, arm: Arm) -> str | None:
     shorter run's results.csv until it finishes, and the post-hoc errors read the newest
     checkpoint."""
     workdir = os.path.join(root, arm.name)
-    if not os.path.exists(os.path.join(workdir, "results.csv")):
-        return None
-    saved = checkpoints.saved_epochs(os.path.join(workdir, "checkpoints"))
-    results_epoch = int(runs.read_results(workdir)[0]["epochs"])
-    return workdir if not saved or saved[-1] == results_epoch else None
+    return workdir if runs.is_finished(workdir) else None
 
 
 def ablation_table(root: str) -> str:

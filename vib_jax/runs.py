@@ -94,9 +94,8 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        """Whether results.csv holds the results of the newest checkpoint: not before the run
-        ends, nor while a run resumed for more epochs has not ended again."""
-        return bool(self.results) and int(self.results[0]["epochs"]) == self.epoch
+        """Whether results.csv holds the results of the newest checkpoint (`is_finished`)."""
+        return is_finished(self.workdir)
 
     def write_figures(self) -> list[str]:
         """Writes the task's figures into the workdir again, from the newest checkpoint, results
@@ -217,6 +216,16 @@ def read_results(workdir: str) -> list[dict[str, float]]:
         return []
     with open(path, newline="") as handle:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def is_finished(workdir: str) -> bool:
+    """Whether a workdir's `results.csv` holds the results of its newest checkpoint, without
+    loading the run: not before the run ends, nor while a run resumed for more epochs has not
+    ended again (a workdir with results and no checkpoints, e.g. copied without them, counts as
+    finished)."""
+    results = read_results(workdir)
+    saved = checkpoints.saved_epochs(os.path.join(workdir, "checkpoints"))
+    return bool(results) and (not saved or saved[-1] == int(results[0]["epochs"]))
 
 
 def _pandas():
