@@ -21,9 +21,9 @@ one VIB model with S = 1, 0.22 for one VAE, times the number of members for a sw
 
 The roofline is the speed of exactly these products (same shapes, forward and backward) as plain
 float32 `@` of random arrays, jitted together, scanned over the same number of steps, mapped over
-the members as the sweep is (`vib_jax.parallel.map_over_members`, the same number at once, the
-images shared by all members where training shares them), and sharded over the same mesh;
-achieved/roofline says how close the training program comes to its matrix products alone.
+the members as the sweep is (`vib_jax.parallel.map_over_members`, the same number at once, each
+member with its own operands, as training gathers each member's batch), and sharded over the same
+mesh; achieved/roofline says how close the training program comes to its matrix products alone.
 """
 
 from __future__ import annotations
@@ -87,11 +87,7 @@ class Case:
             return step_cost.vae_step_matmuls(config, batch_size, data.NUM_PIXELS)
         if config.task == "infogan":
             return step_cost.infogan_step_matmuls(config, batch_size)
-        # Members of one seed see the same batches; other seeds shuffle their own.
-        shared = self.num_seeds == 1
-        return step_cost.vib_step_matmuls(
-            config, batch_size, data.NUM_PIXELS, data.NUM_CLASSES, shared
-        )
+        return step_cost.vib_step_matmuls(config, batch_size, data.NUM_PIXELS, data.NUM_CLASSES)
 
 
 def vae_with_mixture_marginal():
@@ -193,31 +189,24 @@ def prepare_matmuls(case: Case, at_once: int, mesh: Mesh, steps_per_epoch: int, 
     matmuls = case.matmuls(case.config().batch_size // mesh.devices.size)
     rng = np.random.default_rng(seed)
     random = lambda *shape: rng.standard_normal(shape, np.float32)
-    members = case.num_members
-    # A product's left operand is shared by all members (the images) or one per member; its right
-    # one is per member.
-    shared = [random(p.m, p.k) if p.shared_lhs else None for p in matmuls]
+    # Every operand is the member's own, as in training (which gathers each member's batch).
     own = [
-        (None if p.shared_lhs else random(members, p.m, p.k), random(members, p.k, p.n))
-        for p in matmuls
+        (random(case.num_members, p.m, p.k), random(case.num_members, p.k, p.n)) for p in matmuls
     ]
 
-    def member_epoch(own, shared, shifts):
+    def member_epoch(own, shifts):
         def products(shift):
-            return sum(
-                jnp.sum(((shared_lhs if lhs is None else lhs) + shift) @ rhs)
-                for (lhs, rhs), shared_lhs in zip(own, shared)
-            )
+            return sum(jnp.sum((lhs + shift) @ rhs) for lhs, rhs in own)
 
         return jax.lax.scan(lambda total, shift: (total + products(shift), None), 0.0, shifts)[0]
 
     # Members are mapped outside the scan over steps, as in training, in the same groups.
-    epoch = parallel.map_over_members(member_epoch, (0, None, None), at_once)
+    epoch = parallel.map_over_members(member_epoch, (0, None), at_once)
     sharded = jax.jit(
-        parallel.data_parallel(epoch, mesh, (P(), P(), P()), P(), at_once),
+        parallel.data_parallel(epoch, mesh, (P(), P()), P(), at_once),
         compiler_options=parallel.compiler_options(mesh),
     )
-    operands = parallel.replicate((own, shared), mesh)
+    operands = parallel.replicate((own,), mesh)
     shifts = parallel.replicate(np.linspace(0.0, 1.0, steps_per_epoch, dtype=np.float32), mesh)
     jax.block_until_ready(sharded(*operands, shifts))  # compile and warm up
     return lambda _: sharded(*operands, shifts)

@@ -26,49 +26,43 @@ import jax
 
 @dataclasses.dataclass(frozen=True)
 class Matmul:
-    """One matrix product `[m, k] @ [k, n]`; `shared_lhs`: its left operand (the images) is common
-    to all members."""
+    """One matrix product `[m, k] @ [k, n]`."""
 
     m: int
     k: int
     n: int
-    shared_lhs: bool = False
 
     @property
     def flops(self) -> int:
         return 2 * self.m * self.k * self.n
 
 
-def dense_matmuls(
-    rows: int, widths: Sequence[int], input_gradient: bool, shared_input: bool = False
-):
+def dense_matmuls(rows: int, widths: Sequence[int], input_gradient: bool):
     """The products of an MLP `widths[0] -> ... -> widths[-1]` on `rows` inputs, forward and
     backward.
 
     Each dense layer `x [rows, fan_in] @ w [fan_in, fan_out]` has its forward product, its weight
     gradient `x^T @ dy` and its input gradient `dy @ w^T`, except the first layer when the inputs
-    need no gradient (images). `shared_input`: the first layer's left operand is common to all
-    members.
+    need no gradient (images).
     """
     products = []
     for index, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-        shared = shared_input and index == 0
-        products += [Matmul(rows, fan_in, fan_out, shared), Matmul(fan_in, rows, fan_out, shared)]
+        products += [Matmul(rows, fan_in, fan_out), Matmul(fan_in, rows, fan_out)]
         if index or input_gradient:
             products.append(Matmul(rows, fan_out, fan_in))
     return products
 
 
 def vib_step_matmuls(
-    config, batch_size: int, input_dim: int, num_classes: int, shared_images: bool = True
+    config, batch_size: int, input_dim: int, num_classes: int
 ) -> tuple[Matmul, ...]:
-    """One step of the VIB classifier of `config` (see the module doc): the encoder on B images (the
-    same for all members of a sweep over betas: `shared_images`), the softmax decoder on the S * B
-    latent samples."""
+    """One step of the VIB classifier of `config` (see the module doc): the encoder on B images
+    (each member's own copy: training gathers every member's batch, also where members share their
+    order), the softmax decoder on the S * B latent samples."""
     encoder = (input_dim, *config.hidden_dims, 2 * config.latent_dim)
     decoder = (config.latent_dim, num_classes)
     return tuple(
-        dense_matmuls(batch_size, encoder, input_gradient=False, shared_input=shared_images)
+        dense_matmuls(batch_size, encoder, input_gradient=False)
         + dense_matmuls(config.train_samples * batch_size, decoder, input_gradient=True)
     )
 
