@@ -113,9 +113,8 @@ class Run:
         if not self.finished:
             raise ValueError(
                 f"workdir {self.workdir!r} has the results of epoch {self.results[0]['epochs']:g} "
-                f"and a newer "
-                f"checkpoint, of epoch {self.epoch}: it was resumed for more epochs and has not "
-                "finished. Resume it to write its figures."
+                f"and a newer checkpoint, of epoch {self.epoch}: it was resumed for more epochs "
+                "and has not finished. Resume it to write its figures."
             )
         test_images, test_labels = self.split("test", self.config.test_subset or None)
         run = tasks.TrainedRun(
