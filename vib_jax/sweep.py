@@ -164,7 +164,7 @@ def check_split_sizes(config: ml_collections.ConfigDict) -> None:
     """Refuses a `train_subset` or `test_subset` above its prepared split's size, and a
     `batch_size` above the training examples. Reads the prepared dataset's small info file."""
     sizes = {
-        split: data.prepared_split_length(config.dataset, split) for split in ("train", "test")
+        split: data.prepared_split_length(config.dataset, split) for split in data.KNOWN_SPLITS
     }
     for split, size in sizes.items():
         name = f"{split}_subset"
