@@ -1,6 +1,7 @@
 """Two processes of 4 CPU devices each (jax.distributed on loopback, gloo collectives) train the
 smoke config across 8 global devices; only process 0 writes; and a single process resuming their
-checkpoint ends with every number of one 8-device process trained throughout."""
+checkpoint ends with every number of one 8-device process trained throughout; and a checkpoint of
+8 devices resumes on 1."""
 
 import csv
 import json
@@ -148,3 +149,17 @@ def test_a_mesh_of_fewer_devices_takes_an_equal_share_of_each_process(tmp_path):
     run_one_process(f"--workdir={one}", "--num_devices=4")
     assert_same_numbers(read_records(two), read_records(one))
     assert_same_numbers(read_rows(two), read_rows(one))
+
+
+def test_a_checkpoint_resumes_under_another_device_count(tmp_path):
+    """Epochs 1-2 on 8 devices, then epoch 3 resumed on 1 (`num_devices` may change on resume):
+    every number of an 8-device run trained throughout, to the rounding of the devices' sums.
+    The checkpoint holds the replicated state; the resumed run places it on its own mesh."""
+    moved, straight = str(tmp_path / "moved"), str(tmp_path / "straight")
+    run_one_process(f"--workdir={moved}")
+    resumed = run_one_process(f"--workdir={moved}", "--num_epochs=3", "--num_devices=1")
+    assert "Resuming from the checkpoint of epoch 2" in resumed.stderr
+    run_one_process(f"--workdir={straight}", "--num_epochs=3")
+    assert [r["epoch"] for r in read_records(moved)] == [1, 1, 2, 2, 3, 3]
+    assert_same_numbers(read_records(moved), read_records(straight))
+    assert_same_numbers(read_rows(moved), read_rows(straight))
