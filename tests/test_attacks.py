@@ -414,6 +414,71 @@ def test_bad_arguments_raise_naming_them(call, name):
         call()
 
 
+@pytest.mark.parametrize("classes", [[0, NUM_CLASSES], [-1, 0], [0.0, 1.0]])
+@pytest.mark.parametrize("attack", ["fgsm", "pgd", "carlini_wagner_l2"])
+def test_classes_outside_the_model_raise_naming_them(attack, classes):
+    images, _ = random_batch(17, batch_size=2)
+    name = "targets" if attack == "carlini_wagner_l2" else "labels"
+    call = {
+        "fgsm": lambda c: attacks.fgsm(linear_log_probs, images, c, 0.1, jax.random.key(0)),
+        "pgd": lambda c: attacks.pgd(
+            linear_log_probs, images, c, 0.1, jax.random.key(0), num_steps=1
+        ),
+        "carlini_wagner_l2": lambda c: attacks.carlini_wagner_l2(
+            linear_log_probs, images, c, jax.random.key(0), num_steps=1, learning_rate=0.01, c=1.0
+        ),
+    }[attack]
+    with pytest.raises(ValueError, match=rf"^{name} must be integer classes in \[0, 3\)"):
+        call(jnp.asarray(classes))
+
+
+def test_a_traced_target_out_of_range_never_succeeds():
+    # Unchecked under jit: read as no class, it must not count as reached by the image itself.
+    images, _ = random_batch(18, batch_size=4)
+    attack = jax.jit(
+        lambda targets: attacks.carlini_wagner_l2(
+            linear_log_probs,
+            images,
+            targets,
+            jax.random.key(0),
+            num_steps=3,
+            learning_rate=0.01,
+            c=1.0,
+        )
+    )
+    adversarial, success = attack(jnp.array([NUM_CLASSES, -1, NUM_CLASSES + 5, 0], jnp.int32))
+    assert not np.any(success[:3])
+    np.testing.assert_array_equal(adversarial[:3], images[:3])
+
+
+def test_carlini_wagner_moves_a_saturated_pixel_only_after_hundreds_of_steps():
+    """The tanh change of variables starts a pixel at an end of the range at |w| = arctanh(1 -
+    1e-6) = 7.25, where dx/dw is 2e-6, and Adam moves w by about its learning rate a step: at
+    Carlini and Wagner's 0.01, such a pixel moves by less than half a grey level in 200 steps. A
+    model whose target needs one black pixel raised by a quarter of the range is out of reach in
+    200 steps, and reached in 1000 (README: why the 200-step attack is weak on MNIST, whose
+    background is black)."""
+    num_pixels = 4
+    weights = np.zeros((num_pixels, 2), np.float32)
+    weights[0, 1] = 4.0  # class 1 wins once pixel 0 rises above -0.5 (a quarter of [-1, 1])
+    bias = np.array([0.0, 2.0], np.float32)
+    log_probs = lambda x, key: jax.nn.log_softmax(x @ weights + bias)
+    black = jnp.full((1, num_pixels), data.PIXEL_MIN, jnp.float32)
+    reached = {}
+    for num_steps in (200, 1000):
+        _, success = attacks.carlini_wagner_l2(
+            log_probs,
+            black,
+            jnp.array([1]),
+            jax.random.key(0),
+            num_steps=num_steps,
+            learning_rate=0.01,
+            c=10.0,
+        )
+        reached[num_steps] = bool(success[0])
+    assert reached == {200: False, 1000: True}
+
+
 def test_checks_are_skipped_for_traced_epsilons():
     images, labels = random_batch(16, batch_size=2)
     attack = jax.jit(lambda e: attacks.fgsm(linear_log_probs, images, labels, e, jax.random.key(0)))

@@ -101,3 +101,9 @@ def test_active_units_count_the_dimensions_whose_means_vary(seed, shift):
 def test_active_units_need_two_inputs():
     with pytest.raises(ValueError, match=r"posterior_means must be \[N, K\] with N >= 2"):
         sample_quality.active_units(np.zeros((1, 3)))
+
+
+def test_the_frechet_distance_of_fewer_than_two_rows_raises():
+    rows = np.random.default_rng(0).normal(size=(5, 3))
+    with pytest.raises(ValueError, match="^features must have N >= 2"):
+        sample_quality.frechet_distance(rows[:1], rows)

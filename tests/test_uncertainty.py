@@ -121,6 +121,40 @@ def test_mismatched_labels_raise():
         uncertainty.brier_score(np.full((3, 2), 0.5), np.array([0, 1]))
 
 
+@pytest.mark.parametrize(
+    "probs, labels, name",
+    [
+        # A label of -1 read as the last class gave an NLL and a Brier score of 0.
+        ([[0.0, 0.0, 1.0]], [-1], "labels"),
+        ([[0.0, 0.0, 1.0]], [3], "labels"),
+        ([[0.0, 0.0, 1.0]], [2.0], "labels"),
+        ([[-2.0, -1.0, 0.5]], [2], "probs"),  # logits
+        ([[-1.1, -1.1, -1.1]], [2], "probs"),  # log-probabilities
+        ([[0.2, 0.2, 0.2]], [2], "probs"),  # rows that do not sum to 1
+        (np.zeros((0, 3)), np.zeros(0, int), "probs"),
+    ],
+)
+@pytest.mark.parametrize(
+    "metric",
+    [
+        uncertainty.negative_log_likelihood,
+        uncertainty.brier_score,
+        uncertainty.expected_calibration_error,
+    ],
+)
+def test_labels_outside_the_classes_and_non_probabilities_raise(metric, probs, labels, name):
+    with pytest.raises(ValueError, match=rf"^{name} must"):
+        metric(np.asarray(probs), np.asarray(labels))
+
+
+def test_float32_averaged_softmaxes_are_accepted():
+    logits = np.random.default_rng(0).normal(size=(12, 100, 10)).astype(np.float32)
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    probs = softmax.mean(axis=0, dtype=np.float32)  # as `Run.predictive` gives them
+    labels = np.arange(100) % 10
+    assert uncertainty.brier_score(probs, labels) > 0.0
+
+
 # ------------------------------------------------------------------------------ NLL, Brier, scores
 
 

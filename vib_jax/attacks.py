@@ -54,6 +54,20 @@ def _check_positive(name: str, value) -> None:
         raise ValueError(f"{name} must be > 0 (a float in (0, inf)), got {value!r}.")
 
 
+def _check_classes(name: str, classes, predict_log_probs: LogProbsFn, images, key) -> None:
+    """Raises ValueError naming `name` unless `classes` are integers in [0, C), C the number of
+    classes of `predict_log_probs` (its output's width, found by tracing it, not running it).
+    Skipped for a tracer: out of range, a class would read as no class at all."""
+    concrete = losses.concrete_or_none(classes)
+    if concrete is None:
+        return
+    num_classes = jax.eval_shape(predict_log_probs, images, key).shape[-1]
+    if not np.issubdtype(concrete.dtype, np.integer) or (
+        concrete.size and (concrete.min() < 0 or concrete.max() >= num_classes)
+    ):
+        raise ValueError(f"{name} must be integer classes in [0, {num_classes}), got {concrete!r}.")
+
+
 def _check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
@@ -149,6 +163,7 @@ def fgsm(
       `[B, D]` adversarial images.
     """
     losses.check_nonnegative("epsilon", epsilon)
+    _check_classes("labels", labels, predict_log_probs, images, key)
     gradient = cross_entropy_gradient(predict_log_probs, images, labels, key)
     return _clip_to_pixel_range(images + to_model_units(epsilon) * jnp.sign(gradient))
 
@@ -225,6 +240,7 @@ def pgd(
     if step_size is None:
         step_size = 2.5 * epsilon / num_steps
     losses.check_nonnegative("step_size", step_size)
+    _check_classes("labels", labels, predict_log_probs, images, key)
     start_key, noise_key = jax.random.split(key)
     start = _random_start(start_key, images, epsilon, norm) if random_start else images
     step_length = to_model_units(step_size)
@@ -297,6 +313,7 @@ def carlini_wagner_l2(
     _check_positive("learning_rate", learning_rate)
     losses.check_nonnegative("c", c)
     losses.check_nonnegative("confidence", confidence)
+    _check_classes("targets", targets, predict_log_probs, images, key)
 
     def objective(w, step_key):
         adversarial = _from_tanh_space(w)
@@ -304,7 +321,8 @@ def carlini_wagner_l2(
         is_target = jax.nn.one_hot(targets, log_probs.shape[-1], dtype=bool)
         target_log_prob = jnp.sum(jnp.where(is_target, log_probs, 0.0), axis=-1)
         best_other = jnp.max(jnp.where(is_target, -jnp.inf, log_probs), axis=-1)
-        margin = target_log_prob - best_other
+        # A target out of range (traced, so unchecked) is no class: it never wins.
+        margin = jnp.where(jnp.any(is_target, axis=-1), target_log_prob - best_other, -jnp.inf)
         squared_distance = jnp.sum(jnp.square((adversarial - images) / PIXEL_SCALE), axis=-1)
         per_example = squared_distance + c * jnp.maximum(-margin, -confidence)
         return jnp.sum(per_example), (adversarial, squared_distance, margin)

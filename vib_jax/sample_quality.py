@@ -36,6 +36,10 @@ def frechet_distance(features_a, features_b) -> float:
     a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"features must be [N, D] with one D, got {a.shape} and {b.shape}.")
+    if min(a.shape[0], b.shape[0]) < 2:
+        raise ValueError(
+            f"features must have N >= 2 rows each (a covariance), got {a.shape} and {b.shape}."
+        )
     covariance_a = np.atleast_2d(np.cov(a, rowvar=False))  # [D, D], also for D = 1
     covariance_b = np.atleast_2d(np.cov(b, rowvar=False))
     root = scipy.linalg.sqrtm(covariance_a @ covariance_b)

@@ -17,17 +17,31 @@ import numpy as np
 
 # The true positive rate at which `ood_metrics` reports the false positive rate.
 OOD_TPR = 0.95
+# How far from 1 a row of predictive probabilities may sum (float32 averages of softmaxes are
+# within 1e-6).
+_SUM_TOLERANCE = 1e-4
 
 
 def _as_probs_and_labels(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    """`probs [N, C]` as float64 and `labels [N]` as int64, after checking that N >= 1, each row
+    of `probs` is a distribution (not logits or log-probabilities) and each label a class."""
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels)
-    if probs.ndim != 2:
-        raise ValueError(f"probs must have shape [N, C], got {probs.shape}.")
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(f"probs must have shape [N, C] with N >= 1, got {probs.shape}.")
+    if not (np.all(probs >= 0) and np.allclose(probs.sum(axis=-1), 1.0, atol=_SUM_TOLERANCE)):
+        raise ValueError(
+            "probs must be probabilities: rows >= 0 that sum to 1 (not logits or log-probs)."
+        )
     if labels.shape != probs.shape[:1]:
         raise ValueError(
             f"labels must have shape [N]={probs.shape[:1]} to match probs, got {labels.shape}."
         )
+    num_classes = probs.shape[1]
+    if not np.issubdtype(labels.dtype, np.integer) or np.any(
+        (labels < 0) | (labels >= num_classes)
+    ):
+        raise ValueError(f"labels must be integer classes in [0, {num_classes}).")
     return probs, labels.astype(np.int64)
 
 
