@@ -58,12 +58,21 @@ def vib_step_matmuls(
 ) -> tuple[Matmul, ...]:
     """One step of the VIB classifier of `config` (see the module doc): the encoder on B images
     (each member's own copy: training gathers every member's batch, also where members share their
-    order), the softmax decoder on the S * B latent samples."""
-    encoder = (input_dim, *config.hidden_dims, 2 * config.latent_dim)
-    decoder = (config.latent_dim, num_classes)
+    order), the softmax decoder on the S * B latent samples, and a learned marginal's products
+    (`marginal_matmuls`). The deterministic baseline's head is the mean alone, on one sample. A
+    full-covariance encoder (batched products of its Cholesky factors) is not counted: refused."""
+    if config.covariance != "diagonal":
+        raise ValueError(
+            "vib_step_matmuls counts the diagonal encoder only, got "
+            f"covariance={config.covariance!r}."
+        )
+    k = config.latent_dim
+    encoder = (input_dim, *config.hidden_dims, k if config.deterministic else 2 * k)
+    num_latents = batch_size * (1 if config.deterministic else config.train_samples)
     return tuple(
         dense_matmuls(batch_size, encoder, input_gradient=False)
-        + dense_matmuls(config.train_samples * batch_size, decoder, input_gradient=True)
+        + dense_matmuls(num_latents, (k, num_classes), input_gradient=True)
+        + marginal_matmuls(config, num_latents, encoder)
     )
 
 
@@ -139,7 +148,9 @@ def infogan_step_matmuls(config, batch_size: int) -> tuple[Matmul, ...]:
     backward; the discriminator on the data (its weight gradients and the inner input gradients)
     and on the generated batch, whose forward pass serves both players (stop_gradient is the
     identity there, and XLA computes it once) and is back-propagated twice: for D's weights, and
-    through D to G's images."""
+    through D to G's images. Players stepping in turn (`player_updates="alternating"`) add G's
+    step on fresh latents: one more forward pass of the generator and of the discriminator on
+    its images (the backward passes are the same products, split between the two steps)."""
     generator, discriminator = infogan_layers(config, batch_size)
     products = []
     for index, layer in enumerate(generator):
@@ -149,6 +160,9 @@ def infogan_step_matmuls(config, batch_size: int) -> tuple[Matmul, ...]:
         products += layer_matmuls(*layer, weight_gradient=True, input_gradient=not first)  # data
         products += layer_matmuls(*layer, weight_gradient=True, input_gradient=not first)
         products.append(Matmul(layer[0], layer[2], layer[1]))  # the generator's backward
+    if config.player_updates == "alternating":
+        for layer in generator + discriminator:
+            products += layer_matmuls(*layer, weight_gradient=False, input_gradient=False)
     return tuple(products)
 
 
