@@ -289,7 +289,23 @@ def load_checked(workdirs) -> list[runs.Run]:
     for run in loaded:
         if not hasattr(run.task.model, "num_classes"):
             raise ValueError(f"--workdirs: {run.workdir} is not a classifier ({run.config.task}).")
+        check_finite(run)
     return loaded
+
+
+def check_finite(run: runs.Run) -> None:
+    """Raises ValueError naming the members of `run` whose evaluated (EMA) params hold a
+    non-finite value (a diverged training): their predictions would be NaN, and the calibration
+    metrics refuse them after the attacks have run."""
+    diverged = np.zeros(len(run.members), bool)
+    for leaf in jax.tree_util.tree_leaves(run.ema_params):
+        diverged |= ~np.isfinite(np.asarray(leaf)).reshape(len(run.members), -1).all(axis=1)
+    if diverged.any():
+        named = [member for member, bad in zip(run.members, diverged) if bad]
+        raise ValueError(
+            f"--workdirs: {run.workdir} has members with non-finite params (diverged): {named}; "
+            "leave the workdir out or retrain them."
+        )
 
 
 def main(argv) -> None:

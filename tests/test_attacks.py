@@ -430,6 +430,7 @@ def test_classes_outside_the_model_raise_naming_them(attack, classes):
     }[attack]
     with pytest.raises(ValueError, match=rf"^{name} must be integer classes in \[0, 3\)"):
         call(jnp.asarray(classes))
+    call([0, 2])  # a list of classes in range is taken
 
 
 def test_a_traced_target_out_of_range_never_succeeds():

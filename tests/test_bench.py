@@ -91,8 +91,9 @@ def test_interleaved_medians_alternate_the_programs_and_take_medians():
 @pytest.mark.parametrize("player_updates", ["simultaneous", "alternating"])
 def test_the_infogan_step_count_is_the_flops_xla_counts_in_its_compiled_step(player_updates):
     """The step's products against XLA's count of one compiled `task.update` (B = 64): XLA also
-    counts the elementwise work (Adam, batch norm, the losses) and leaves out the convolutions'
-    padded taps, so the ratio is a little below 1 (measured: 0.95 and 0.97). Alternating steps
+    counts the elementwise work (Adam, batch norm, the losses), which outweighs the convolutions'
+    padded taps it leaves out, so the ratio is a little below 1 (measured: 0.95 and 0.97).
+    Alternating steps
     run the generator and the discriminator on fresh latents once more: a count without those
     passes was 0.81 of XLA's."""
     import math

@@ -159,6 +159,7 @@ def test_a_checkpoint_resumes_under_another_device_count(tmp_path):
     run_one_process(f"--workdir={moved}")
     resumed = run_one_process(f"--workdir={moved}", "--num_epochs=3", "--num_devices=1")
     assert "Resuming from the checkpoint of epoch 2" in resumed.stderr
+    assert "on 1 device(s)" in resumed.stderr  # the resumed run took the new device count
     run_one_process(f"--workdir={straight}", "--num_epochs=3")
     assert [r["epoch"] for r in read_records(moved)] == [1, 1, 2, 2, 3, 3]
     assert_same_numbers(read_records(moved), read_records(straight))

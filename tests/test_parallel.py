@@ -34,11 +34,6 @@ CHECK = textwrap.dedent(
 
     assert jax.device_count() == 8, jax.devices()
     task_name, variant = sys.argv[1], sys.argv[2]
-    # The alternating InfoGAN's second epoch turns any perturbation of its state into the same
-    # 9.47e-3 change of the params (measured: 1e-7 of the values on 1 device, and the 8 devices'
-    # rounding, agree to 4 digits; a discrete event such as a ReLU kink crossed, not a growing
-    # error): it is compared over its first epoch, 8 steps of both players.
-    NUM_EPOCHS = 1 if variant == "alternating" else 3
     pixels = 784 if task_name == "infogan" else 20  # the InfoGAN's convolutions need 28 x 28
     images = jnp.tanh(jax.random.normal(jax.random.key(0), (256, pixels)))  # in [-1, 1]
     weights = jax.random.normal(jax.random.key(1), (pixels, 10))
@@ -67,6 +62,11 @@ CHECK = textwrap.dedent(
         # SGD: unlike Adam's, its steps scale with the gradient, so a gradient off by the number of
         # devices shows.
         config.optimizer, config.learning_rate = "sgd", 0.1
+        if variant == "alternating":
+            # At 0.1, its second epoch turned any perturbation of the state, the devices'
+            # rounding or 1e-7 of the values on one device, into the same 9e-3 change of the
+            # params (commit f0e7edb); at 0.02 the 8 devices stay within 4e-7 of one.
+            config.learning_rate, config.generator_learning_rate = 0.02, 0.02
         config.seeds, config.members_at_once = (0, 1), members_at_once
         with config.sweep.unlocked():
             if task_name == "infogan":
@@ -94,8 +94,7 @@ CHECK = textwrap.dedent(
         setup = sweep.build_setup(config, mesh, images, labels)
         initial = jax.device_get(setup.states.params)  # the epoch donates the states it is given
         states, first_metrics = setup.run_epoch(setup.states, 1)
-        metrics = first_metrics
-        for epoch in range(2, NUM_EPOCHS + 1):
+        for epoch in range(2, 4):
             states, metrics = setup.run_epoch(states, epoch)
         evaluation = setup.evaluate(states.ema_params, parallel.replicate(chunks, mesh))
         return jax.device_get((states, metrics, evaluation, initial, first_metrics))
@@ -155,7 +154,7 @@ def test_eight_devices_equal_one_device(task, variant):
     reports = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(reports) == ({"2"} if task in ("infogan", "vib_classifier") else {"1", "2"})
     for report in reports.values():
-        assert report["steps"] == (8 if variant == "alternating" else 24)
+        assert report["steps"] == 24
         assert report["moved"] > 1e-3  # training did change the params
         # Differences are relative to max(1, |value|): reductions are split differently across
         # devices.

@@ -2,6 +2,7 @@
 two small trained workdirs (slow)."""
 
 import csv
+import dataclasses
 import importlib
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -99,6 +101,17 @@ def test_workdirs_without_a_checkpoint_of_two_datasets_or_one_name_are_refused(t
     shutil.copytree(trained / "vib", training, ignore=shutil.ignore_patterns("results.csv"))
     with pytest.raises(ValueError, match="--workdirs: .*training has not finished"):
         robustness.load_checked([str(trained / "det"), str(training)])
+
+
+def test_a_member_with_non_finite_params_is_refused_before_any_attack(trained):
+    run = runs.load(str(trained / "vib"))
+    robustness.check_finite(run)  # both members trained normally
+    leaves, tree = jax.tree_util.tree_flatten(run.ema_params)
+    leaves[0] = np.asarray(leaves[0]).copy()
+    leaves[0][1].flat[0] = np.nan  # the second member (beta = 0.1) diverged
+    diverged = dataclasses.replace(run, ema_params=jax.tree_util.tree_unflatten(tree, leaves))
+    with pytest.raises(ValueError, match=r"non-finite params .*'beta': 0\.1"):
+        robustness.check_finite(diverged)
 
 
 def test_an_output_folder_that_is_a_training_workdir_is_refused(trained, tmp_path):

@@ -131,6 +131,7 @@ def test_mismatched_labels_raise():
         ([[-2.0, -1.0, 0.5]], [2], "probs"),  # logits
         ([[-1.1, -1.1, -1.1]], [2], "probs"),  # log-probabilities
         ([[0.2, 0.2, 0.2]], [2], "probs"),  # rows that do not sum to 1
+        ([[np.nan, 0.5, 0.5]], [2], "probs"),  # a diverged model's
         (np.zeros((0, 3)), np.zeros(0, int), "probs"),
     ],
 )

@@ -57,7 +57,9 @@ def _check_positive(name: str, value) -> None:
 def _check_classes(name: str, classes, predict_log_probs: LogProbsFn, images, key) -> None:
     """Raises ValueError naming `name` unless `classes` are integers in [0, C), C the number of
     classes of `predict_log_probs` (its output's width, found by tracing it, not running it).
-    Skipped for a tracer: out of range, a class would read as no class at all."""
+    Skipped for a tracer, which the attacks cannot check: a label out of range gives FGSM and PGD
+    a NaN loss and no step (a negative one wraps round to class C - 1), and a CW target out of
+    range is never reached."""
     concrete = losses.concrete_or_none(classes)
     if concrete is None:
         return
@@ -129,6 +131,8 @@ def cross_entropy_gradient(
     """`[B, D]` the gradient of each example's cross-entropy -log p(label | image) with respect to
     its image, p being `predict_log_probs(images, key)` (for a VIB, the softmax averaged over its
     samples: the EOT gradient)."""
+
+    labels = jnp.asarray(labels)
 
     def total_cross_entropy(x: jax.Array) -> jax.Array:
         log_probs = predict_log_probs(x, key)

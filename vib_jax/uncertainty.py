@@ -29,9 +29,12 @@ def _as_probs_and_labels(probs, labels) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels)
     if probs.ndim != 2 or probs.shape[0] == 0:
         raise ValueError(f"probs must have shape [N, C] with N >= 1, got {probs.shape}.")
-    if not (np.all(probs >= 0) and np.allclose(probs.sum(axis=-1), 1.0, atol=_SUM_TOLERANCE)):
+    valid = np.all(probs >= 0, axis=-1) & (np.abs(probs.sum(axis=-1) - 1.0) <= _SUM_TOLERANCE)
+    if not valid.all():
+        first = int(np.argmin(valid))
         raise ValueError(
-            "probs must be probabilities: rows >= 0 that sum to 1 (not logits or log-probs)."
+            "probs must be probabilities: finite rows >= 0 that sum to 1 (not logits or "
+            f"log-probs); row {first} is {probs[first].tolist()}."
         )
     if labels.shape != probs.shape[:1]:
         raise ValueError(
