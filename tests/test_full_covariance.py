@@ -54,6 +54,28 @@ def test_full_kl_matches_the_covariance_formula(k, seed):
     assert np.all(np.asarray(got) >= -1e-5)
 
 
+@pytest.mark.parametrize("offset", [1e-3, 1e-4])
+def test_the_full_kl_is_accurate_near_the_prior(offset):
+    # L = (1 + offset) I and a zero mean: KL = K (x^2 - 1 - 2 log x) / 2, about K offset^2, where
+    # the trace less K cancels in float32 (-50% at offset 1e-4 when written that way).
+    k = 8
+    scale_tril = (1.0 + offset) * jnp.eye(k)[None]
+    got = float(losses.kl_divergence_full(jnp.zeros((1, k)), scale_tril)[0])
+    x = np.float64(np.float32(1.0 + offset))
+    want = k * (x**2 - 1.0 - 2.0 * np.log(x)) / 2.0
+    assert got == pytest.approx(want, rel=1e-3)
+
+
+def test_the_full_kl_reads_the_lower_triangle_only():
+    rng = np.random.default_rng(4)
+    mean = rng.normal(size=(3, 3)).astype(np.float32)
+    scale_tril = random_cholesky(rng, 3, 3)
+    noisy = scale_tril + np.triu(np.ones((3, 3), np.float32), 1)  # ignored above the diagonal
+    np.testing.assert_array_equal(
+        losses.kl_divergence_full(mean, noisy), losses.kl_divergence_full(mean, scale_tril)
+    )
+
+
 def test_a_diagonal_factor_gives_the_diagonal_formulas():
     rng = np.random.default_rng(1)
     mean = rng.normal(size=(7, 4)).astype(np.float32)
@@ -174,6 +196,12 @@ def test_smoothed_cross_entropy_is_the_cross_entropy_against_the_smoothed_target
     want = -np.sum(target * log_probs, axis=-1)
     got = losses.smoothed_cross_entropy(logits, labels, smoothing)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_smoothing_above_one_is_refused():
+    # 1.5 would weigh the label's cross-entropy by -0.5: a reward for wrong answers.
+    with pytest.raises(ValueError, match=r"^smoothing must be in \[0, 1\]"):
+        losses.smoothed_cross_entropy(jnp.zeros((2, 10)), jnp.zeros(2, jnp.int32), 1.5)
 
 
 def test_zero_smoothing_is_the_plain_cross_entropy_to_the_bit():

@@ -52,12 +52,16 @@ def mixture_value_and_gradients(log_prob, z, logits, means, stddevs):
     return jax.value_and_grad(scalar, argnums=(0, 1, 2, 3))(z, logits, means, stddevs)
 
 
-@pytest.mark.parametrize("scale", [1.0, 1e-2, 1e-3])
-def test_the_mixture_gradient_matches_differentiating_the_broadcast(scale):
+@pytest.mark.parametrize("scale, shift", [(1.0, 0.0), (1e-2, 0.0), (1e-3, 0.0), (1e-3, 5.0)])
+def test_the_mixture_gradient_matches_differentiating_the_broadcast(scale, shift):
     # Points near the components, whose stddevs go down to 1e-3 of the points' norms: where a
-    # gradient expanded into matrix products (|z|^2 - 2 z.mu + |mu|^2) loses its digits.
+    # gradient expanded into matrix products (|z|^2 - 2 z.mu + |mu|^2) loses its digits; and
+    # components in two groups 10 apart, away from the means' average (the points' and means'
+    # gradients cancel by that distance over the stddevs: documented limits below 1e-3).
     keys = jax.random.split(jax.random.key(0), 4)
-    means = jax.random.normal(keys[0], (40, 8))
+    means = (
+        jax.random.normal(keys[0], (40, 8)) + shift * jnp.where(jnp.arange(40) % 2, 1, -1)[:, None]
+    )
     stddevs = scale * jnp.exp(0.3 * jax.random.normal(keys[1], (40, 8)))
     nearest = jax.random.randint(keys[2], (3, 64), 0, 40)
     z = means[nearest] + stddevs[nearest] * jax.random.normal(keys[3], (3, 64, 8))
@@ -367,10 +371,10 @@ def test_a_vae_with_the_dual_update_holds_its_rate_near_the_target(tmp_path):
     assert (workdir / "dual_beta_beta.png").exists() and (workdir / "dual_beta_rate.png").exists()
 
 
-def numpy_mmd_squared(x, y, kernel):
+def numpy_mmd_squared(x, y, kernel, scale=1.0):
     """The unbiased MMD^2 by explicit loops over pairs, float64."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    c = 2.0 * x.shape[1]
+    c = 2.0 * x.shape[1] * scale**2
 
     def k(a, b):
         d = np.sum((a - b) ** 2)
@@ -389,6 +393,11 @@ def test_mmd_is_the_unbiased_u_statistic_zero_for_equal_and_positive_for_differe
     x, y = rng.normal(size=(12, 3)), rng.normal(loc=0.5, size=(9, 3))
     got = float(losses.mmd_squared(jnp.asarray(x), jnp.asarray(y), kernel))
     assert got == pytest.approx(numpy_mmd_squared(x, y, kernel), rel=1e-4, abs=1e-6)
+    narrow = float(losses.mmd_squared(jnp.asarray(x), jnp.asarray(y), kernel, scale=0.3))
+    assert narrow == pytest.approx(numpy_mmd_squared(x, y, kernel, 0.3), rel=1e-4, abs=1e-6)
+    assert narrow != pytest.approx(got, rel=1e-2)  # the width matters
+    pair = float(losses.mmd_squared(jnp.asarray(x[:2]), jnp.asarray(y[:2]), kernel))
+    assert pair == pytest.approx(numpy_mmd_squared(x[:2], y[:2], kernel), rel=1e-4, abs=1e-6)
     # Equal distributions: zero in expectation (within 3 standard errors over 300 draws).
     draws = jax.random.normal(jax.random.key(1), (300, 2, 20, 3))
     same = np.asarray(jax.vmap(lambda d: losses.mmd_squared(d[0], d[1], kernel))(draws))
@@ -402,6 +411,10 @@ def test_mmd_needs_a_known_kernel_and_two_rows():
         losses.mmd_squared(jnp.zeros((4, 2)), jnp.zeros((4, 2)), "laplacian")
     with pytest.raises(ValueError, match="x and y need >= 2 rows each"):
         losses.mmd_squared(jnp.zeros((1, 2)), jnp.zeros((4, 2)))
+    with pytest.raises(ValueError, match=r"^scale must be > 0"):
+        losses.mmd_squared(jnp.zeros((4, 2)), jnp.ones((4, 2)), scale=0.0)  # NaN on the diagonal
+    with pytest.raises(ValueError, match=r"^x and y must be \[N, K\] and \[M, K\] with one K"):
+        losses.mmd_squared(jnp.zeros((4, 2)), jnp.ones((4, 1)))  # broadcast silently before
 
 
 def test_the_vae_adds_lambda_times_the_mmd_to_its_loss():
