@@ -73,6 +73,8 @@ def test_a_permuted_clustering_is_perfectly_matched():
     np.testing.assert_allclose(losses.best_matching_mass(jnp.asarray(joint)), 1.0, rtol=1e-6)
     with pytest.raises(ValueError, match="joint's smaller side"):
         losses.best_matching_mass(jnp.ones((17, 17)))
+    counts = (1000 * joint).astype(np.int32)  # a table of counts: its carry was an int before
+    assert float(losses.best_matching_mass(jnp.asarray(counts))) == 1000.0
 
 
 def test_transposed_conv_2x_is_a_4x4_stride_2_transposed_convolution():

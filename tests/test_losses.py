@@ -115,6 +115,19 @@ def test_kl_matches_monte_carlo_within_three_standard_errors():
     np.testing.assert_allclose(losses.monte_carlo_rate(z, mean, stddev), estimate, rtol=1e-5)
 
 
+def test_monte_carlo_rate_refuses_samples_without_their_sample_axis():
+    mean, stddev = jnp.zeros((4, 3)), jnp.ones((4, 3))
+    with pytest.raises(ValueError, match=r"^z must be \[S, \*mean.shape\] = \[S, 4, 3\]"):
+        losses.monte_carlo_rate(jnp.zeros((4, 3)), mean, stddev)  # gave a scalar, not [B]
+
+
+@pytest.mark.parametrize("labels", [[0, 10], [-1, 0]])
+def test_cross_entropy_refuses_labels_outside_the_classes(labels):
+    # 10 gave NaN and -1 the last class's cross-entropy.
+    with pytest.raises(ValueError, match=r"^labels must be classes in \[0, 10\)"):
+        losses.categorical_cross_entropy(jnp.zeros((2, 10)), jnp.asarray(labels))
+
+
 def test_monte_carlo_rate_uses_the_given_marginal():
     num_samples = 100_000
     mean, stddev = jnp.array([[1.0, -0.5]]), jnp.array([[0.7, 0.4]])

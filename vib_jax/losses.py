@@ -332,6 +332,11 @@ def monte_carlo_rate(
     Returns:
       `[B]` estimates, the average over the S samples.
     """
+    if jnp.shape(z)[1:] != jnp.shape(mean):
+        raise ValueError(
+            f"z must be [S, *mean.shape] = [S, {', '.join(map(str, jnp.shape(mean)))}] samples, "
+            f"got {jnp.shape(z)}."
+        )
     if is_cholesky_factor(mean, scale):
         log_posterior = full_gaussian_log_prob(z, mean, scale)
     else:
@@ -395,6 +400,10 @@ def categorical_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array
     Returns:
       `logits.shape[:-1]` cross-entropies.
     """
+    concrete = concrete_or_none(labels)
+    num_classes = jnp.shape(logits)[-1]
+    if concrete is not None and np.any((concrete < 0) | (concrete >= num_classes)):
+        raise ValueError(f"labels must be classes in [0, {num_classes}), got {concrete!r}.")
     labels = jnp.broadcast_to(labels, jnp.shape(logits)[:-1]).astype(jnp.int32)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
@@ -733,6 +742,7 @@ def best_matching_mass(joint: jax.Array) -> jax.Array:
     """
     if jnp.ndim(joint) != 2:
         raise ValueError(f"joint must have shape [R, C], got {jnp.shape(joint)}.")
+    joint = jnp.asarray(joint, jnp.float32)  # counts too: the scan carries float masses
     if joint.shape[0] < joint.shape[1]:
         joint = joint.T  # rows: the larger side, scanned; columns: the subsets
     side = joint.shape[1]
