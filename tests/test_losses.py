@@ -124,7 +124,7 @@ def test_monte_carlo_rate_refuses_samples_without_their_sample_axis():
 @pytest.mark.parametrize("labels", [[0, 10], [-1, 0]])
 def test_cross_entropy_refuses_labels_outside_the_classes(labels):
     # 10 gave NaN and -1 the last class's cross-entropy.
-    with pytest.raises(ValueError, match=r"^labels must be classes in \[0, 10\)"):
+    with pytest.raises(ValueError, match=r"^labels must be integer classes in \[0, 10\)"):
         losses.categorical_cross_entropy(jnp.zeros((2, 10)), jnp.asarray(labels))
 
 

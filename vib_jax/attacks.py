@@ -60,14 +60,9 @@ def _check_classes(name: str, classes, predict_log_probs: LogProbsFn, images, ke
     Skipped for a tracer, which the attacks cannot check: a label out of range gives FGSM and PGD
     a NaN loss and no step (a negative one wraps round to class C - 1), and a CW target out of
     range is never reached."""
-    concrete = losses.concrete_or_none(classes)
-    if concrete is None:
-        return
-    num_classes = jax.eval_shape(predict_log_probs, images, key).shape[-1]
-    if not np.issubdtype(concrete.dtype, np.integer) or (
-        concrete.size and (concrete.min() < 0 or concrete.max() >= num_classes)
-    ):
-        raise ValueError(f"{name} must be integer classes in [0, {num_classes}), got {concrete!r}.")
+    if losses.concrete_or_none(classes) is not None:
+        num_classes = jax.eval_shape(predict_log_probs, images, key).shape[-1]
+        losses.check_classes(name, classes, num_classes)
 
 
 def _check_norm(norm: str) -> None:

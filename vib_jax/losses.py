@@ -48,6 +48,19 @@ def check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
 
 
+def check_classes(name: str, classes, num_classes: int) -> None:
+    """Raises ValueError naming `name` unless `classes` are integers in [0, `num_classes`)
+    (skipped for a tracer): out of range, a gather reads NaN, or wraps -1 round to the last
+    class."""
+    concrete = concrete_or_none(classes)
+    if concrete is None:
+        return
+    if not np.issubdtype(concrete.dtype, np.integer) or np.any(
+        (concrete < 0) | (concrete >= num_classes)
+    ):
+        raise ValueError(f"{name} must be integer classes in [0, {num_classes}), got {concrete!r}.")
+
+
 def _check_same_shape(**arrays) -> None:
     shapes = {name: jnp.shape(array) for name, array in arrays.items()}
     if len(set(shapes.values())) > 1:
@@ -400,10 +413,7 @@ def categorical_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array
     Returns:
       `logits.shape[:-1]` cross-entropies.
     """
-    concrete = concrete_or_none(labels)
-    num_classes = jnp.shape(logits)[-1]
-    if concrete is not None and np.any((concrete < 0) | (concrete >= num_classes)):
-        raise ValueError(f"labels must be classes in [0, {num_classes}), got {concrete!r}.")
+    check_classes("labels", labels, jnp.shape(logits)[-1])
     labels = jnp.broadcast_to(labels, jnp.shape(logits)[:-1]).astype(jnp.int32)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
